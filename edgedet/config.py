@@ -1,0 +1,197 @@
+"""The compound-scaling table: one name (``d0``..``d7``, ``d7x``, ``lite0``..``lite4``, ``lite3x``)
+to everything that defines an EfficientDet architecture.
+
+This is the single source of truth for the table (DESIGN.md, rule 2): the model, the anchors, the
+converters, the runtime and the benchmarks all read it from here. Pure Python, no torch.
+
+Figures follow the official TF implementation (google/automl ``hparams_config.py``) and the effdet
+PyTorch port; see ``shared/reference/efficientdet.md``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+Activation = Literal["swish", "relu6"]
+Fusion = Literal["fast_normalized", "softmax", "sum"]
+FUSIONS: tuple[str, ...] = ("fast_normalized", "softmax", "sum")
+
+#: ε of fast normalized fusion, O = Σ relu(w_i)·I_i / (ε + Σ relu(w_j)).
+FUSION_EPS = 1e-4
+#: Batch-norm settings of the TF reference (and so of every published checkpoint).
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """An EfficientNet (B0..B7) or EfficientNet-Lite (Lite0..Lite4) backbone."""
+
+    name: str
+    width: float  # channel multiplier
+    depth: float  # repeat multiplier
+    squeeze_excite: bool
+    activation: Activation
+    #: Lite keeps the stem width and the first/last stage repeats fixed while scaling.
+    fixed_stem_and_ends: bool = False
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Anchor layout: one anchor per (level, cell, scale, aspect ratio)."""
+
+    min_level: int = 3
+    max_level: int = 7
+    num_scales: int = 3
+    #: (width factor, height factor) per aspect ratio, as effdet writes them.
+    aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    anchor_scale: float = 4.0
+
+    @property
+    def num_levels(self) -> int:
+        return self.max_level - self.min_level + 1
+
+    @property
+    def anchors_per_cell(self) -> int:
+        return self.num_scales * len(self.aspect_ratios)
+
+    @property
+    def octave_scales(self) -> tuple[float, ...]:
+        return tuple(2 ** (i / self.num_scales) for i in range(self.num_scales))
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Input normalization in 0..255 RGB units: ``(pixel - mean) / std`` per channel."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+#: EfficientNet-Lite's (x - 127) / 128 (automl ``mean_rgb=127, stddev_rgb=128``).
+LITE = Normalization(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One EfficientDet variant: everything needed to build it, feed it and decode it."""
+
+    name: str
+    family: Literal["d", "lite"]
+    phi: int
+    image_size: int  # square input, R x R
+    backbone: BackboneConfig
+    fpn_channels: int
+    fpn_repeats: int
+    head_repeats: int
+    activation: Activation
+    fusion: Fusion
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    normalization: Normalization = IMAGENET
+    num_classes: int = 90
+    max_detections: int = 100
+
+    @property
+    def min_level(self) -> int:
+        return self.anchors.min_level
+
+    @property
+    def max_level(self) -> int:
+        return self.anchors.max_level
+
+    @property
+    def num_levels(self) -> int:
+        return self.anchors.num_levels
+
+    def feature_sizes(self, image_size: int | None = None) -> list[int]:
+        """Side of each pyramid level's feature map, P_min..P_max (TF 'same': ceil halving)."""
+        size = image_size or self.image_size
+        sizes = [size]
+        for _ in range(self.max_level):
+            sizes.append(math.ceil(sizes[-1] / 2))
+        return sizes[self.min_level :]
+
+    def num_anchors(self, image_size: int | None = None) -> int:
+        """Total anchors (= rows of the model's outputs) at ``image_size``."""
+        return sum(s * s for s in self.feature_sizes(image_size)) * self.anchors.anchors_per_cell
+
+    def with_(self, **changes) -> ModelConfig:
+        """A copy with some fields changed (e.g. ``num_classes``, ``fusion``, ``image_size``)."""
+        return replace(self, **changes)
+
+
+def _efficientnet(index: int) -> BackboneConfig:
+    width, depth = (
+        (1.0, 1.0), (1.0, 1.1), (1.1, 1.2), (1.2, 1.4), (1.4, 1.8), (1.6, 2.2), (1.8, 2.6), (2.0, 3.1)
+    )[index]
+    return BackboneConfig(f"efficientnet_b{index}", width, depth, squeeze_excite=True, activation="swish")
+
+
+def _efficientnet_lite(index: int) -> BackboneConfig:
+    width, depth = ((1.0, 1.0), (1.0, 1.1), (1.1, 1.2), (1.2, 1.4), (1.4, 1.8))[index]
+    return BackboneConfig(
+        f"efficientnet_lite{index}", width, depth, squeeze_excite=False, activation="relu6",
+        fixed_stem_and_ends=True,
+    )
+
+
+def _d(phi: int, backbone: int, size: int, channels: int, fpn: int, head: int, fusion: Fusion,
+       anchor_scale: float = 4.0, max_level: int = 7, name: str | None = None) -> ModelConfig:
+    return ModelConfig(
+        name=name or f"d{phi}", family="d", phi=phi, image_size=size, backbone=_efficientnet(backbone),
+        fpn_channels=channels, fpn_repeats=fpn, head_repeats=head, activation="swish", fusion=fusion,
+        anchors=AnchorConfig(max_level=max_level, anchor_scale=anchor_scale),
+    )
+
+
+def _lite(phi: int, size: int, channels: int, fpn: int, head: int, anchor_scale: float,
+          name: str | None = None) -> ModelConfig:
+    return ModelConfig(
+        name=name or f"lite{phi}", family="lite", phi=phi, image_size=size,
+        backbone=_efficientnet_lite(phi), fpn_channels=channels, fpn_repeats=fpn, head_repeats=head,
+        activation="relu6", fusion="sum", anchors=AnchorConfig(anchor_scale=anchor_scale),
+        normalization=LITE,
+    )
+
+
+# W_bifpn = 64·1.35^φ rounded as the reference does; D_bifpn = 3+φ (capped at 8);
+# D_head = 3+⌊φ/3⌋; R = 512+128φ (D6 keeps 1280, D7 1536).
+CONFIGS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in (
+        _d(0, 0, 512, 64, 3, 3, "fast_normalized"),
+        _d(1, 1, 640, 88, 4, 3, "fast_normalized"),
+        _d(2, 2, 768, 112, 5, 3, "fast_normalized"),
+        _d(3, 3, 896, 160, 6, 4, "fast_normalized"),
+        _d(4, 4, 1024, 224, 7, 4, "fast_normalized"),
+        _d(5, 5, 1280, 288, 7, 4, "fast_normalized"),
+        _d(6, 6, 1280, 384, 8, 5, "sum"),
+        _d(7, 6, 1536, 384, 8, 5, "sum", anchor_scale=5.0),
+        _d(7, 7, 1536, 384, 8, 5, "sum", max_level=8, name="d7x"),
+        _lite(0, 320, 64, 3, 3, 3.0),
+        _lite(1, 384, 88, 4, 3, 3.0),
+        _lite(2, 448, 112, 5, 3, 3.0),
+        _lite(3, 512, 160, 6, 4, 4.0),
+        _lite(3, 640, 200, 6, 4, 3.0, name="lite3x"),
+        _lite(4, 640, 224, 7, 4, 4.0),
+    )
+}
+
+VARIANTS: tuple[str, ...] = tuple(CONFIGS)
+
+
+def get_config(name: str) -> ModelConfig:
+    """The configuration of variant ``name`` (``"d0"``..``"d7x"``, ``"lite0"``..``"lite4"``).
+
+    Accepts the effdet spellings too (``"tf_efficientdet_d0"``, ``"efficientdet_lite0"``).
+    Raises ``ValueError`` listing the valid names for anything else.
+    """
+    key = str(name).strip().lower()
+    for prefix in ("tf_efficientdet_", "efficientdet_", "efficientdet-"):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    if key not in CONFIGS:
+        raise ValueError(f"unknown EfficientDet variant {name!r}; valid names: {', '.join(VARIANTS)}")
+    return CONFIGS[key]
