@@ -156,8 +156,8 @@ def _lite(phi: int, size: int, channels: int, fpn: int, head: int, anchor_scale:
     )
 
 
-# W_bifpn = 64·1.35^φ rounded as the reference does; D_bifpn = 3+φ (capped at 8);
-# D_head = 3+⌊φ/3⌋; R = 512+128φ (D6 keeps 1280, D7 1536).
+# W_bifpn = 64·1.35^φ rounded as the reference does; D_bifpn = 3+φ; D_head = 3+⌊φ/3⌋;
+# R = 512+128φ — exact up to D4; D5..D7 follow the published table (D5: 7 layers, 1280 px).
 CONFIGS: dict[str, ModelConfig] = {
     c.name: c
     for c in (
