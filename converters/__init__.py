@@ -1,0 +1,37 @@
+"""The conversion pipeline: PyTorch EfficientDet → ONNX / OpenVINO / TFLite artifacts, quantized,
+verified against PyTorch, each with a manifest (:mod:`edgedet.manifest`).
+
+Python API::
+
+    from converters import convert
+    report = convert("d0,lite0", formats="onnx", precisions="fp32,fp16,int8",
+                     weights="published", out_dir="exports", calibration="images/")
+    print(report.table())
+
+CLI: ``edgedet-convert --help`` (or ``python -m converters --help``).
+
+torch and the exporters' packages are imported lazily, when an export needs them.
+"""
+from converters.base import EXPORTERS, ArtifactIO, ConvertError, Exporter, get_exporter, register_exporter
+from converters.calibration import Calibration, CalibrationError, open_source
+from converters.onnx_exporter import OnnxExporter
+from converters.pipeline import ArtifactResult, ConvertReport, convert, parse_variants
+from converters.weights import WeightsError
+
+__all__ = [
+    "EXPORTERS",
+    "ArtifactIO",
+    "ArtifactResult",
+    "Calibration",
+    "CalibrationError",
+    "ConvertError",
+    "ConvertReport",
+    "Exporter",
+    "OnnxExporter",
+    "WeightsError",
+    "convert",
+    "get_exporter",
+    "open_source",
+    "parse_variants",
+    "register_exporter",
+]

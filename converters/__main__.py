@@ -1,0 +1,4 @@
+"""``python -m converters``: the same as the ``edgedet-convert`` command."""
+from converters.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,352 @@
+"""Images for calibration (INT8) and for parity checks: a folder, a video, or a synthetic generator.
+
+Every source yields BGR uint8 frames (OpenCV's convention) and splits its images into two
+disjoint sets: ``calibration_frames`` (what quantization sees) and ``holdout_frames`` (what
+verification compares on), so parity is never measured on the calibration images.
+
+* ``DIR``: image files (sorted by name); the last ``holdout`` files are held out, calibration
+  draws evenly spaced files from the rest.
+* ``VIDEO``: a video file read with ``cv2.VideoCapture``; the last 10% of frames are held out,
+  calibration takes evenly spaced frames from the first 90%.
+* ``synthetic`` (or ``synthetic:SEED``): a deterministic built-in generator of scene-like images
+  (gradient backgrounds, textures, rectangles, ellipses, polygons, lines, blur and noise) — a
+  stand-in until a proper synthetic data set lands. Held-out images come from another seed stream.
+
+Frames become network input only through :func:`edgedet.preprocess.preprocess`, so an artifact is
+calibrated exactly as the runtime will feed it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgedet.manifest import CalibrationInfo
+from edgedet.preprocess import preprocess
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "Calibration",
+    "CalibrationError",
+    "FolderSource",
+    "FrameSource",
+    "SyntheticSource",
+    "VideoSource",
+    "open_source",
+    "synthetic_frame",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+#: Bump when the synthetic generator changes its images (part of every export key that uses it).
+SYNTHETIC_VERSION = 1
+#: Frame sizes the synthetic generator cycles through (width, height): camera-like aspects.
+_SYNTHETIC_SIZES = ((640, 480), (480, 640), (800, 600), (512, 512), (1280, 720))
+_HOLDOUT_STREAM = 1_000_003  # seed offset of the held-out synthetic images
+
+
+class CalibrationError(ValueError):
+    """A calibration source cannot be used (missing, unreadable, too few images)."""
+
+
+class FrameSource(ABC):
+    """Where calibration and held-out frames come from."""
+
+    #: Short description recorded in manifests (``synthetic:0``, ``DIR (120 images)``...).
+    description: str
+
+    @abstractmethod
+    def calibration_frames(self, count: int) -> Iterator[np.ndarray]:
+        """Up to ``count`` BGR uint8 frames for calibration (disjoint from the held-out ones)."""
+
+    @abstractmethod
+    def holdout_frames(self, count: int) -> Iterator[np.ndarray]:
+        """Up to ``count`` BGR uint8 frames never used for calibration, for parity checks."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short hash that changes when the images would change (part of the export key)."""
+
+    def calibration_count(self, count: int) -> int:
+        """How many frames :meth:`calibration_frames` yields for ``count`` requested."""
+        return count
+
+    @property
+    def holdout_description(self) -> str:
+        """Where :meth:`holdout_frames` come from (recorded with the parity figures)."""
+        return f"{self.description} (held out)"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration data for one conversion run: ``count`` frames of ``source``."""
+
+    source: FrameSource
+    count: int
+
+    @property
+    def info(self) -> CalibrationInfo:
+        """What the manifest records."""
+        return CalibrationInfo(source=self.source.description,
+                               count=self.source.calibration_count(self.count))
+
+    @property
+    def key(self) -> str:
+        """What identifies this calibration in an export key."""
+        return f"{self.source.fingerprint()}:count={self.source.calibration_count(self.count)}"
+
+    def batches(self, size: int, mean: Sequence[float], std: Sequence[float], *,
+                layout: str = "NCHW", dtype: type | np.dtype = np.float32) -> Iterator[np.ndarray]:
+        """The calibration frames as network input batches of one, through
+        :func:`edgedet.preprocess.preprocess` (the runtime's own preprocessing)."""
+        for frame in self.source.calibration_frames(self.count):
+            batch, _ = preprocess(frame, size, mean, std, layout=layout, dtype=dtype)  # type: ignore[arg-type]
+            yield batch
+
+
+# ------------------------------------------------------------------------------------ synthetic
+
+
+class SyntheticSource(FrameSource):
+    """Deterministic scene-like images; frame ``i`` of seed ``s`` is always the same image."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+        self.description = f"synthetic:{self.seed}"
+
+    def calibration_frames(self, count: int) -> Iterator[np.ndarray]:
+        for i in range(count):
+            yield synthetic_frame(self.seed, i)
+
+    def holdout_frames(self, count: int) -> Iterator[np.ndarray]:
+        for i in range(count):
+            yield synthetic_frame(self.seed + _HOLDOUT_STREAM, i)
+
+    def fingerprint(self) -> str:
+        return f"synthetic-v{SYNTHETIC_VERSION}:{self.seed}"
+
+
+def synthetic_frame(seed: int, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One synthetic BGR uint8 scene: frame ``index`` of stream ``seed`` (deterministic).
+
+    ``size`` is (width, height); by default it cycles through camera-like sizes so that
+    letterboxing is exercised. Objects of many scales, colors and textures over a lit background,
+    then blur and sensor noise: enough structure to exercise every channel's activation range.
+    """
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
+    w, h = size or _SYNTHETIC_SIZES[index % len(_SYNTHETIC_SIZES)]
+    # Background: a two-color linear gradient (sky/floor-like), plus low-frequency texture.
+    top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    img = (top * (1 - t) + bottom * t).astype(np.float32) * np.ones((1, w, 1), np.float32)
+    coarse = rng.normal(0, 25, (max(2, h // 32), max(2, w // 32), 3)).astype(np.float32)
+    img += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+
+    for _ in range(int(rng.integers(6, 24))):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        # Log-uniform object size: from ~2% to ~60% of the short side.
+        side = float(np.exp(rng.uniform(np.log(0.02), np.log(0.6)))) * min(w, h)
+        cx, cy = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+        aspect = float(np.exp(rng.uniform(-0.8, 0.8)))
+        bw, bh = max(2.0, side * aspect), max(2.0, side / aspect)
+        kind = int(rng.integers(0, 4))
+        if kind == 0:  # filled rectangle, maybe with an outline
+            p1 = (int(cx - bw / 2), int(cy - bh / 2))
+            p2 = (int(cx + bw / 2), int(cy + bh / 2))
+            cv2.rectangle(img, p1, p2, color, -1)
+            if rng.random() < 0.5:
+                cv2.rectangle(img, p1, p2, tuple(255 - c for c in color), int(rng.integers(1, 4)))
+        elif kind == 1:  # ellipse
+            cv2.ellipse(img, (int(cx), int(cy)), (int(bw / 2), int(bh / 2)),
+                        float(rng.uniform(0, 180)), 0, 360, color, -1)
+        elif kind == 2:  # convex polygon
+            n = int(rng.integers(3, 7))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+            pts = np.stack([cx + np.cos(angles) * bw / 2, cy + np.sin(angles) * bh / 2], axis=1)
+            cv2.fillPoly(img, [pts.astype(np.int32)], color)
+        else:  # textured patch: stripes or checkerboard
+            x0, y0 = int(max(0, cx - bw / 2)), int(max(0, cy - bh / 2))
+            x1, y1 = int(min(w, cx + bw / 2)), int(min(h, cy + bh / 2))
+            if x1 - x0 >= 2 and y1 - y0 >= 2:
+                period = int(rng.integers(2, 16))
+                yy, xx = np.mgrid[y0:y1, x0:x1]
+                if rng.random() < 0.5:
+                    mask = ((xx + yy) // period) % 2 == 0
+                else:
+                    mask = ((xx // period) + (yy // period)) % 2 == 0
+                patch = img[y0:y1, x0:x1]
+                patch[mask] = color
+    for _ in range(int(rng.integers(0, 6))):  # thin lines (poles, edges)
+        p1 = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
+        p2 = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
+        cv2.line(img, p1, p2, tuple(int(c) for c in rng.integers(0, 256, 3)), int(rng.integers(1, 5)))
+
+    if rng.random() < 0.5:
+        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.5)))
+    noise = rng.normal(0, float(rng.uniform(2, 8)), img.shape)
+    return np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------ folder
+
+
+class FolderSource(FrameSource):
+    """The image files of a directory (not recursive), sorted by name."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, holdout: int = 4) -> None:
+        self.directory = Path(directory)
+        self.files = sorted(p for p in self.directory.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise CalibrationError(f"{self.directory} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                                   f"point --calibration at a folder of images, a video, or 'synthetic'")
+        # Hold out up to `holdout` files, but never more than a fifth of the folder.
+        reserved = min(holdout, len(self.files) // 5)
+        self._calibration = self.files[:len(self.files) - reserved]
+        self._holdout = self.files[len(self.files) - reserved:]
+        self.description = f"{self.directory} ({len(self.files)} images)"
+
+    def calibration_count(self, count: int) -> int:
+        return min(count, len(self._calibration))
+
+    def calibration_frames(self, count: int) -> Iterator[np.ndarray]:
+        for path in _evenly_spaced(self._calibration, count):
+            yield _read_image(path)
+
+    @property
+    def holdout_description(self) -> str:
+        if not self._holdout:
+            return "synthetic:0 (held out; the folder is too small to spare images)"
+        return f"{self.description}, last {len(self._holdout)} (held out)"
+
+    def holdout_frames(self, count: int) -> Iterator[np.ndarray]:
+        if not self._holdout:
+            # Too few images to spare any: compare on synthetic scenes instead of on calibration data.
+            yield from SyntheticSource(0).holdout_frames(count)
+            return
+        for path in self._holdout[:count]:
+            yield _read_image(path)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for path in self.files:
+            stat = path.stat()
+            digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return f"dir:{digest.hexdigest()[:16]}"
+
+
+def _read_image(path: Path) -> np.ndarray:
+    # imdecode over imread: handles non-ASCII paths everywhere.
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise CalibrationError(f"cannot decode image {path}: damaged or not an image; remove it "
+                               f"from the calibration folder")
+    return img
+
+
+def _evenly_spaced(items: list, count: int) -> list:
+    if count >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / count)] for i in range(count)]
+
+
+# ------------------------------------------------------------------------------------ video
+
+
+class VideoSource(FrameSource):
+    """Frames of a video file; the last 10% are held out."""
+
+    HOLDOUT_FRACTION = 0.1
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.total = self._count_frames()
+        if self.total < 2:
+            raise CalibrationError(f"video {self.path} has {self.total} readable frames; need at least 2")
+        self._split = max(1, min(self.total - 1, int(round(self.total * (1 - self.HOLDOUT_FRACTION)))))
+        self.description = f"{self.path} ({self.total} frames)"
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            raise CalibrationError(f"cannot open video {self.path} (unsupported codec or not a video); "
+                                   f"extract frames to a folder of images and pass that instead")
+        return cap
+
+    def _count_frames(self) -> int:
+        cap = self._open()
+        try:
+            reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            if reported > 0:
+                return reported
+            n = 0
+            while cap.grab():
+                n += 1
+            return n
+        finally:
+            cap.release()
+
+    def _frames_at(self, indices: list[int]) -> Iterator[np.ndarray]:
+        wanted = sorted(set(indices))
+        if not wanted:
+            return
+        cap = self._open()
+        try:
+            position, k = 0, 0
+            # Sequential grab: exact frame positions on every codec (seeking is not always exact).
+            while k < len(wanted) and cap.grab():
+                if position == wanted[k]:
+                    ok, frame = cap.retrieve()
+                    if ok and frame is not None:
+                        yield frame
+                    k += 1
+                position += 1
+        finally:
+            cap.release()
+
+    def calibration_count(self, count: int) -> int:
+        return min(count, self._split)
+
+    def calibration_frames(self, count: int) -> Iterator[np.ndarray]:
+        yield from self._frames_at(_evenly_spaced(list(range(self._split)), count))
+
+    def holdout_frames(self, count: int) -> Iterator[np.ndarray]:
+        yield from self._frames_at(_evenly_spaced(list(range(self._split, self.total)), count))
+
+    def fingerprint(self) -> str:
+        stat = self.path.stat()
+        return f"video:{self.path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+# ------------------------------------------------------------------------------------ dispatch
+
+
+def open_source(spec: str | os.PathLike[str], *, holdout: int = 4) -> FrameSource:
+    """The frame source named by ``spec``: ``synthetic[:SEED]``, a directory, or a video file."""
+    text = os.fspath(spec)
+    if text == "synthetic" or text.startswith("synthetic:"):
+        seed = text.partition(":")[2] or "0"
+        try:
+            return SyntheticSource(int(seed))
+        except ValueError:
+            raise CalibrationError(f"bad synthetic seed in {text!r}; use 'synthetic' or "
+                                   f"'synthetic:SEED' with an integer SEED") from None
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return FolderSource(path, holdout=holdout)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise CalibrationError(f"{path} is a single image; calibration needs many: pass the folder "
+                                   f"holding it")
+        return VideoSource(path)
+    raise CalibrationError(f"calibration source {text!r} does not exist; pass 'synthetic', a folder "
+                           f"of images or a video file")

@@ -1,0 +1,129 @@
+"""``edgedet-convert``: export EfficientDet variants to edge formats, quantize, verify, write manifests."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from converters.base import EXPORTERS, ConvertError
+from converters.pipeline import DEFAULT_CALIBRATION_COUNT, DEFAULT_VERIFY_IMAGES, convert
+from edgedet.config import VARIANTS
+from edgedet.manifest import PRECISIONS
+
+__all__ = ["build_parser", "main"]
+
+_EXAMPLES = """\
+examples:
+  # every precision of D0 and Lite0 to ONNX, published COCO weights, calibrated on your images
+  edgedet-convert --variants d0,lite0 --formats onnx --calibration ~/frames/
+
+  # D0..D3 at FP32 and FP16 only (no calibration needed)
+  edgedet-convert --variants d0-d3 --precisions fp32,fp16
+
+  # random weights, for latency profiling on a device (recorded as random in the manifests)
+  edgedet-convert --variants lite0-lite4 --weights random --allow-random --calibration synthetic
+
+  # your own checkpoint (one variant), calibrated on 200 frames of a video, into ./models
+  edgedet-convert --variants d1 --weights runs/d1/best.pth --num-classes 3 --labels labels.txt \\
+      --calibration street.mp4 --calibration-count 200 --out models
+
+output:
+  <out>/<variant>/<backend>-<precision>/ holds the model file(s) and manifest.json, e.g.
+  exports/d0/onnxruntime-int8/model.onnx. A rerun skips artifacts whose inputs are unchanged and
+  whose files still match their hashes (--force rebuilds). An artifact below its parity thresholds
+  is kept as <backend>-<precision>.failed/ and makes the command exit with status 1.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgedet-convert",
+        description=textwrap.dedent("""\
+            Convert EfficientDet variants to edge inference formats, quantize them, check each
+            artifact against PyTorch FP32 on held-out images, and write a manifest beside it."""),
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to convert")
+    what.add_argument("--variants", required=True, metavar="LIST",
+                      help=f"comma-separated variants or ranges (d0-d3, lite0-lite2) or 'all'; "
+                           f"known: {', '.join(VARIANTS)}")
+    what.add_argument("--formats", default="onnx", metavar="LIST",
+                      help=f"comma-separated formats (default: onnx; available: {', '.join(EXPORTERS)})")
+    what.add_argument("--precisions", default=",".join(PRECISIONS), metavar="LIST",
+                      help="comma-separated precisions (default: %(default)s); int8 needs --calibration")
+
+    src = parser.add_argument_group("weights")
+    src.add_argument("--weights", default="published", metavar="SOURCE",
+                     help="'published' (default: each variant's effdet COCO checkpoint, downloaded and "
+                          "cached), 'random', a checkpoint file, a URL, or a checkpoint name such "
+                          "as tf_efficientdet_d0")
+    src.add_argument("--allow-random", action="store_true",
+                     help="confirm --weights random: such artifacts detect nothing and are only for "
+                          "latency profiling and pipeline tests (recorded in the manifest)")
+    src.add_argument("--seed", type=int, default=0, help="seed of random weights (default: 0)")
+    src.add_argument("--num-classes", type=int, metavar="N",
+                     help="classes of the model (default: the checkpoint's; 90 for random weights)")
+    src.add_argument("--labels", type=Path, metavar="FILE",
+                     help="text file with one class name per line (default: class_0, class_1, ...)")
+
+    cal = parser.add_argument_group("calibration and verification")
+    cal.add_argument("--calibration", metavar="SOURCE",
+                     help="images for INT8 calibration: a folder of images, a video file, or "
+                          "'synthetic' (built-in scenes; fine for random weights, not for accuracy). "
+                          "Part of it is held out for the parity check")
+    cal.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT, metavar="N",
+                     help="calibration images per INT8 artifact (default: %(default)s)")
+    cal.add_argument("--verify-images", type=int, default=DEFAULT_VERIFY_IMAGES, metavar="N",
+                     help="held-out images for the parity check (default: %(default)s)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=Path("exports"), metavar="DIR",
+                     help="export root directory (default: %(default)s)")
+    out.add_argument("--force", action="store_true", help="rebuild artifacts that are up to date")
+    out.add_argument("-q", "--quiet", action="store_true", help="print only the summary and errors")
+    out.add_argument("-v", "--verbose", action="store_true", help="log every step (and tracebacks)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 some artifact failed, 2 bad request)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s", stream=sys.stderr)
+    # Keep third-party chatter out unless asked for.
+    if not args.verbose:
+        for name in ("onnxruntime", "onnxscript", "onnx_ir", "torch"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    labels = None
+    if args.labels is not None:
+        try:
+            labels = [line.strip() for line in args.labels.read_text(encoding="utf-8").splitlines()
+                      if line.strip()]
+        except OSError as exc:
+            parser.error(f"cannot read --labels {args.labels}: {exc}")
+    try:
+        report = convert(
+            args.variants, args.formats, args.precisions, args.weights, args.out,
+            calibration=args.calibration, calibration_count=args.calibration_count,
+            allow_random=args.allow_random, force=args.force, num_classes=args.num_classes,
+            labels=labels, seed=args.seed, verify_images=args.verify_images,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
+    except ConvertError as exc:
+        print(f"edgedet-convert: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgedet-convert: interrupted; no partial artifact was left behind", file=sys.stderr)
+        return 130
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

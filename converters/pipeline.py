@@ -1,0 +1,612 @@
+"""The conversion pipeline: variants × formats × precisions → verified artifacts with manifests.
+
+:func:`convert` checks the whole request first (names, combinations, packages, calibration,
+weights), so a mistake fails in a second, not after an hour of exports. Then, per variant, it
+builds the PyTorch model once, computes PyTorch FP32 outputs on held-out images once, and for
+each artifact:
+
+1. skips it if ``<out>/<variant>/<backend>-<precision>/manifest.json`` has the same export key
+   and every file still matches its sha256 (unless ``force``);
+2. exports into a private staging directory beside the target
+   (``.<backend>-<precision>.staging-<pid>-<random>``);
+3. runs the files with the backend on the held-out images and compares with PyTorch
+   (:mod:`converters.verify`);
+4. writes ``manifest.json`` (atomically) and publishes the directory by renaming it into place.
+
+An interrupted or failed export therefore never leaves a model file or manifest under the final
+name. An artifact that fails its parity thresholds is published as ``<backend>-<precision>.failed``
+(for inspection; the runtime never looks there) and reported; the other artifacts go on, and the
+report says which failed (the CLI exits non-zero).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from converters import calibration as calib
+from converters.base import INSTALL_HINT, ConvertError, Exporter, get_exporter
+from converters.verify import (
+    RANDOM_WEIGHT_THRESHOLDS,
+    THRESHOLDS,
+    Reference,
+    check_parity,
+    measure_parity,
+    reference_outputs,
+)
+from converters.weights import PUBLISHED, ResolvedWeights, WeightsError, build_model, resolve_weights
+from edgedet.config import VARIANTS, get_config
+from edgedet.hub import sha256_file
+from edgedet.manifest import (
+    MANIFEST_NAME,
+    PRECISIONS,
+    AnchorSpec,
+    Manifest,
+    ManifestError,
+    WeightsInfo,
+    artifact_dir,
+    artifact_dirname,
+    export_key,
+    utc_now,
+)
+
+__all__ = ["ArtifactResult", "ConvertReport", "convert", "parse_list", "parse_variants"]
+
+logger = logging.getLogger("converters")
+
+DEFAULT_CALIBRATION_COUNT = 100
+DEFAULT_VERIFY_IMAGES = 4
+#: Bump when the pipeline changes what it writes for the same inputs (part of the export key).
+PIPELINE_REVISION = 1
+
+
+# ------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class ArtifactResult:
+    """What happened to one artifact."""
+
+    variant: str
+    format: str
+    backend: str
+    precision: str
+    status: str  # "built" | "skipped" | "failed"
+    path: Path | None = None  # the artifact directory (or its .failed directory)
+    seconds: float = 0.0  # export + verification time
+    export_seconds: float = 0.0
+    size_mb: float | None = None  # all files of the artifact
+    parity: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}/{artifact_dirname(self.backend, self.precision)}"
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+
+@dataclass
+class ConvertReport:
+    """The outcome of :func:`convert`: one :class:`ArtifactResult` per requested artifact."""
+
+    out_dir: Path
+    results: list[ArtifactResult]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def by_status(self, status: str) -> list[ArtifactResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def failed(self) -> list[ArtifactResult]:
+        return self.by_status("failed")
+
+    def get(self, variant: str, backend_or_format: str, precision: str) -> ArtifactResult:
+        for r in self.results:
+            if r.variant == variant and backend_or_format in (r.backend, r.format) and r.precision == precision:
+                return r
+        raise KeyError((variant, backend_or_format, precision))
+
+    def table(self) -> str:
+        """The summary table: artifact, status, size, parity figure, seconds."""
+        rows = [("artifact", "status", "MB", "parity vs PyTorch FP32", "seconds")]
+        for r in self.results:
+            rows.append((r.name, r.status, "-" if r.size_mb is None else f"{r.size_mb:.1f}",
+                         _parity_summary(r), f"{r.seconds:.1f}" if r.status != "skipped" else "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        counts = {s: len(self.by_status(s)) for s in ("built", "skipped", "failed")}
+        lines.append(f"{counts['built']} built, {counts['skipped']} up to date, {counts['failed']} failed "
+                     f"in {self.seconds:.1f} s -> {self.out_dir}")
+        for r in self.failed:
+            lines.append(f"FAILED {r.name}: {r.error}")
+        return "\n".join(lines)
+
+
+def _parity_summary(r: ArtifactResult) -> str:
+    p = r.parity
+    if not p or "cls_cosine" not in p:
+        return "-"
+    def fmt(v: Any, spec: str) -> str:
+        return "n/a" if v is None else format(v, spec)
+    return (f"cls max {fmt(p.get('cls_max_abs'), '.1e')} cos {fmt(p.get('cls_cosine'), '.6f')}, "
+            f"box cos {fmt(p.get('box_cosine'), '.6f')}, top100 {fmt(p.get('top100_agreement'), '.2f')}")
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+
+def parse_list(value: str | Iterable[str] | None) -> list[str]:
+    """``"a,b, c"`` or ``["a", "b"]`` → ``["a", "b", "c"]`` (order kept, duplicates dropped)."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return list(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
+
+
+def parse_variants(value: str | Iterable[str]) -> list[str]:
+    """Variant names from ``"d0,lite0"``, ranges ``"d0-d3"`` / ``"lite0-lite2"``, or ``"all"``."""
+    names: list[str] = []
+    for item in parse_list(value):
+        if item == "all":
+            names.extend(VARIANTS)
+            continue
+        try:
+            names.append(get_config(item).name)
+            continue
+        except ValueError:
+            pass
+        match = re.fullmatch(r"([a-z0-9]+)-([a-z0-9]+)", item)
+        if match:
+            first, last = match.groups()
+            if first in VARIANTS and last in VARIANTS:
+                i, j = VARIANTS.index(first), VARIANTS.index(last)
+                if i <= j and get_config(first).family == get_config(last).family:
+                    names.extend(VARIANTS[i:j + 1])
+                    continue
+                raise ConvertError(f"variant range {item!r} must run upward within one family "
+                                   f"(e.g. d0-d3 or lite0-lite2)")
+        raise ConvertError(f"unknown variant {item!r}; valid: {', '.join(VARIANTS)}, ranges like "
+                           f"d0-d3, or 'all'")
+    if not names:
+        raise ConvertError("no variants given (e.g. --variants d0,lite0)")
+    return list(dict.fromkeys(names))
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+@dataclass
+class _Job:
+    variant: str
+    exporter: Exporter
+    precision: str
+    key: str
+    final: Path
+    calibrated: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}/{artifact_dirname(self.exporter.backend, self.precision)}"
+
+
+def convert(
+    variants: str | Sequence[str],
+    formats: str | Sequence[str] = ("onnx",),
+    precisions: str | Sequence[str] = ("fp32", "fp16", "int8"),
+    weights: str = PUBLISHED,
+    out_dir: str | os.PathLike[str] = "exports",
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    calibration_count: int = DEFAULT_CALIBRATION_COUNT,
+    allow_random: bool = False,
+    force: bool = False,
+    num_classes: int | None = None,
+    labels: Sequence[str] | None = None,
+    seed: int = 0,
+    verify_images: int = DEFAULT_VERIFY_IMAGES,
+    thresholds: Mapping[str, Mapping[str, tuple[str, float]]] | None = None,
+    exporters: Mapping[str, Exporter] | None = None,
+    progress: bool = False,
+) -> ConvertReport:
+    """Convert ``variants`` to every format × precision, verify them, write manifests.
+
+    Args:
+        variants: ``"d0,lite0"``, ``"d0-d3"``, ``"all"`` or a list of names.
+        formats: registered exporter names (``"onnx"``; see :data:`converters.base.EXPORTERS`).
+        precisions: any of ``fp32``, ``fp16``, ``int8``.
+        weights: ``"published"`` (each variant's effdet COCO checkpoint, downloaded and cached),
+            ``"random"`` (needs ``allow_random``), a checkpoint path, a URL or a registry name.
+        out_dir: the export root; artifacts go to ``<out_dir>/<variant>/<backend>-<precision>/``.
+        calibration: ``"synthetic"`` (``"synthetic:SEED"``), a folder of images or a video file;
+            required for int8. Its held-out part is also what parity is measured on.
+        calibration_count: calibration frames per int8 artifact.
+        allow_random: permit random weights (recorded in each manifest).
+        force: rebuild artifacts that are already up to date.
+        num_classes: class count; default: the checkpoint's, or 90 for random weights.
+        labels: one name per class; default ``class_0``, ``class_1``...
+        seed: seed of random weights.
+        verify_images: held-out images for the parity check.
+        thresholds: parity thresholds per precision; default :data:`converters.verify.THRESHOLDS`,
+            or :data:`~converters.verify.RANDOM_WEIGHT_THRESHOLDS` for random weights.
+        exporters: exporter instances to use instead of the registered ones, by format name.
+        progress: show a tqdm progress bar over the artifacts.
+
+    Returns:
+        A :class:`ConvertReport`; ``report.ok`` is false if any artifact failed.
+
+    Raises:
+        ConvertError: the request cannot be carried out (before anything is written).
+    """
+    started = time.perf_counter()
+    plan = _plan(variants, formats, precisions, weights, out_dir, calibration=calibration,
+                 calibration_count=calibration_count, allow_random=allow_random, force=force,
+                 num_classes=num_classes, labels=labels, seed=seed, exporters=exporters)
+    results: list[ArtifactResult] = []
+    bar = _progress_bar(len(plan.jobs), enabled=progress)
+    try:
+        for variant in plan.variants:
+            jobs = [j for j in plan.jobs if j.variant == variant]
+            _run_variant(variant, jobs, plan, results, bar, force=force, verify_images=verify_images,
+                         thresholds=thresholds)
+    finally:
+        bar.close()
+        for exporter in plan.exporters:
+            exporter.release()
+    report = ConvertReport(out_dir=plan.out_dir, results=results, seconds=time.perf_counter() - started)
+    return report
+
+
+@dataclass
+class _Plan:
+    variants: list[str]
+    exporters: list[Exporter]
+    jobs: list[_Job]
+    weights: dict[str, ResolvedWeights]
+    num_classes: dict[str, int]
+    labels: dict[str, tuple[str, ...]]
+    calibration: calib.Calibration | None
+    holdout: calib.FrameSource
+    out_dir: Path
+
+
+def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calibration_count,
+          allow_random, force, num_classes, labels, seed, exporters) -> _Plan:
+    names = parse_variants(variants)
+    format_names = parse_list(formats)
+    if not format_names:
+        raise ConvertError("no formats given (e.g. --formats onnx)")
+    precision_names = parse_list(precisions)
+    if not precision_names:
+        raise ConvertError("no precisions given (e.g. --precisions fp32,int8)")
+    unknown = [p for p in precision_names if p not in PRECISIONS]
+    if unknown:
+        raise ConvertError(f"unknown precision {unknown[0]!r}; valid: {', '.join(PRECISIONS)}")
+
+    instances: list[Exporter] = []
+    for name in format_names:
+        exporter = (exporters or {}).get(name)
+        if exporter is None:
+            exporter = get_exporter(name)()
+        instances.append(exporter)
+        unsupported = [p for p in precision_names if p not in exporter.precisions]
+        if unsupported:
+            raise ConvertError(f"format {name} does not make {', '.join(unsupported)} "
+                               f"(it makes {', '.join(exporter.precisions)}); drop it from --precisions "
+                               f"or convert that format separately")
+    missing = sorted({dist for e in instances for dist in e.missing_packages()}
+                     | ({"torch"} if _missing("torch") else set()))
+    if missing:
+        raise ConvertError(f"missing packages for {', '.join(format_names)}: {', '.join(missing)}; "
+                           f"install the converter dependencies with: {INSTALL_HINT}")
+
+    needs_calibration = any(p in e.calibrated_precisions for e in instances for p in precision_names)
+    if calibration_count < 1:
+        raise ConvertError(f"calibration_count must be at least 1, got {calibration_count}")
+    source = None
+    if calibration is not None:
+        try:
+            source = calib.open_source(calibration)
+        except calib.CalibrationError as exc:
+            raise ConvertError(str(exc)) from None
+    elif needs_calibration:
+        raise ConvertError("int8 needs calibration images: pass --calibration DIR (a folder of "
+                           "images like those the model will see), --calibration VIDEO, or "
+                           "--calibration synthetic (built-in scenes; fine for random weights and "
+                           "latency tests, not for accuracy), or drop int8 from --precisions")
+    calibration_set = calib.Calibration(source, calibration_count) if source is not None else None
+    holdout = source if source is not None else calib.SyntheticSource(0)
+
+    if not weights:
+        raise ConvertError("no weights given: pass published, random, a checkpoint path, URL or name")
+    resolved: dict[str, ResolvedWeights] = {}
+    classes: dict[str, int] = {}
+    for variant in names:
+        try:
+            w = resolve_weights(weights, variant, allow_random=allow_random, seed=seed)
+        except WeightsError as exc:
+            raise ConvertError(str(exc)) from None
+        if w.num_classes is not None and num_classes is not None and w.num_classes != num_classes:
+            raise ConvertError(f"weights {weights!r} have {w.num_classes} classes but num_classes="
+                               f"{num_classes} was asked for {variant}; drop --num-classes or use "
+                               f"a checkpoint trained for {num_classes} classes")
+        n = num_classes or w.num_classes or 90
+        if not w.random:
+            _check_fit(variant, n, w)
+        resolved[variant], classes[variant] = w, n
+    label_sets = {}
+    for variant in names:
+        n = classes[variant]
+        if labels is None:
+            label_sets[variant] = tuple(f"class_{i}" for i in range(n))
+        else:
+            if len(labels) != n:
+                raise ConvertError(f"{len(labels)} labels given but {variant} has {n} classes")
+            label_sets[variant] = tuple(str(x) for x in labels)
+
+    root = Path(out_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ConvertError(f"output {root} exists and is not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConvertError(f"cannot create output directory {root}: {exc}") from None
+
+    jobs = []
+    for variant in names:
+        config = get_config(variant)
+        for exporter in instances:
+            for precision in exporter.precisions:  # build order: fp32 first (its graph is reused)
+                if precision not in precision_names:
+                    continue
+                calibrated = precision in exporter.calibrated_precisions
+                key = export_key(
+                    pipeline=PIPELINE_REVISION,
+                    exporter=f"{type(exporter).__module__}.{type(exporter).__qualname__}:r{exporter.revision}",
+                    variant=variant, image_size=config.image_size, num_classes=classes[variant],
+                    labels=label_sets[variant], weights=resolved[variant].key,
+                    backend=exporter.backend, precision=precision,
+                    calibration=calibration_set.key if calibrated and calibration_set else None,
+                    tools=exporter.tool_versions(),
+                )
+                jobs.append(_Job(variant, exporter, precision, key,
+                                 artifact_dir(root, variant, exporter.backend, precision), calibrated))
+    return _Plan(names, instances, jobs, resolved, classes, label_sets, calibration_set, holdout, root)
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+def _check_fit(variant: str, num_classes: int, weights: ResolvedWeights) -> None:
+    """Compare the checkpoint's keys and shapes with the variant's, on a weightless (meta) model."""
+    import torch
+
+    from edgedet.model.checkpoint import load_state_dict
+    from edgedet.model.efficientdet import EfficientDet
+
+    state = load_state_dict(weights.path)
+    with torch.device("meta"):
+        target = EfficientDet(get_config(variant).with_(num_classes=num_classes)).state_dict()
+    def relevant(key: str) -> bool:
+        return not key.endswith("num_batches_tracked")
+    missing = [k for k in target if relevant(k) and k not in state]
+    mismatched = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
+    unexpected = [k for k in state if relevant(k) and k not in target]
+    if missing or mismatched or unexpected:
+        detail = "; ".join(f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                           (("missing", missing), ("with other shapes", mismatched),
+                            ("unexpected", unexpected)) if v)
+        raise ConvertError(f"weights {weights.source} do not fit {variant}: {detail}. A checkpoint "
+                           f"fits one variant: pass the matching --variants, or --weights published")
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def _run_variant(variant: str, jobs: list[_Job], plan: _Plan, results: list[ArtifactResult], bar: Any,
+                 *, force: bool, verify_images: int, thresholds) -> None:
+    todo = []
+    for job in jobs:
+        skipped = None if force else _up_to_date(job)
+        if skipped is not None:
+            results.append(skipped)
+            logger.info("%s: up to date, skipped", job.name)
+            bar.update(1)
+        else:
+            todo.append(job)
+    if not todo:
+        return
+    _clean_stale(plan.out_dir / variant)
+
+    model = reference = None
+    setup_error: str | None = None
+    try:
+        bar.set_description(f"{variant}: building model")
+        logger.info("%s: building the PyTorch model (%s weights)", variant,
+                    "random" if plan.weights[variant].random else plan.weights[variant].source)
+        model = build_model(variant, plan.num_classes[variant], plan.weights[variant])
+        reference = reference_outputs(
+            model, plan.holdout.holdout_frames(verify_images),
+            description=plan.holdout.holdout_description)
+    except Exception as exc:  # noqa: BLE001 - reported per artifact, other variants go on
+        setup_error = f"building {variant} failed: {type(exc).__name__}: {exc}"
+        logger.error("%s", setup_error)
+
+    for job in todo:
+        bar.set_description(job.name)
+        if setup_error is not None:
+            results.append(_failed(job, setup_error, 0.0))
+        else:
+            results.append(_build(job, model, reference, plan, thresholds))
+        bar.update(1)
+    for exporter in {id(j.exporter): j.exporter for j in todo}.values():
+        exporter.release()
+
+
+def _up_to_date(job: _Job) -> ArtifactResult | None:
+    if not (job.final / MANIFEST_NAME).is_file():
+        return None
+    try:
+        manifest = Manifest.load(job.final)
+    except ManifestError as exc:
+        logger.info("%s: rebuilding, existing manifest unreadable (%s)", job.name, exc)
+        return None
+    if manifest.export_key != job.key:
+        logger.info("%s: rebuilding, inputs changed since it was built", job.name)
+        return None
+    if not manifest.files_match(job.final):
+        logger.warning("%s: rebuilding, its files do not match the manifest", job.name)
+        return None
+    return ArtifactResult(job.variant, job.exporter.name, job.exporter.backend, job.precision, "skipped",
+                          path=job.final, size_mb=_size_mb(manifest.file_paths(job.final)),
+                          parity=dict(manifest.parity))
+
+
+def _build(job: _Job, model: Any, reference: Reference, plan: _Plan, thresholds) -> ArtifactResult:
+    started = time.perf_counter()
+    exporter = job.exporter
+    staging = job.final.parent / f".{job.final.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir(parents=True)
+    try:
+        logger.info("%s: exporting", job.name)
+        files = exporter.export(model, model.config, staging, job.precision,
+                                plan.calibration if job.calibrated else None)
+        export_seconds = time.perf_counter() - started
+        files = [Path(f) for f in files]
+        for f in files:
+            if f.parent.resolve() != staging.resolve() and staging.resolve() not in f.resolve().parents:
+                raise ConvertError(f"exporter {exporter.name} wrote {f} outside its directory")
+        _remove_extras(staging, files)
+        io = exporter.describe(files, model.config, job.precision)
+        parity = measure_parity(reference, exporter.runner(files, io), layout=io.input.layout,
+                                dtype=io.input.dtype)
+        failures = check_parity(parity, job.precision, _thresholds(thresholds, plan.weights[job.variant]))
+        parity["passed"] = not failures
+        if failures:
+            parity["failed_checks"] = "; ".join(failures)
+        weights = plan.weights[job.variant]
+        manifest = Manifest(
+            variant=job.variant, family=model.config.family, phi=model.config.phi,
+            num_classes=plan.num_classes[job.variant], labels=plan.labels[job.variant],
+            input=io.input, outputs=io.outputs, anchors=AnchorSpec.from_config(model.config),
+            backend=exporter.backend, precision=job.precision,
+            files={f.resolve().relative_to(staging.resolve()).as_posix(): sha256_file(f) for f in files},
+            weights=WeightsInfo(source=weights.source, sha256=weights.sha256, random=weights.random),
+            calibration=plan.calibration.info if job.calibrated and plan.calibration else None,
+            float_layers=io.float_layers, parity=parity,
+            tools=exporter.tool_versions(),
+            created=utc_now(), export_key=job.key,
+        )
+        manifest.save(staging)
+        Manifest.load(staging).verify_files(staging)  # what is published must read back and verify
+        size = _size_mb(files)
+        if failures:
+            target = job.final.with_name(job.final.name + ".failed")
+            _publish(staging, target)
+            message = f"parity below thresholds: {'; '.join(failures)} (artifact kept in {target})"
+            logger.error("%s: %s", job.name, message)
+            return ArtifactResult(job.variant, exporter.name, exporter.backend, job.precision, "failed",
+                                  path=target, seconds=time.perf_counter() - started,
+                                  export_seconds=export_seconds, size_mb=size, parity=parity, error=message)
+        _publish(staging, job.final)
+        logger.info("%s: built in %.1f s", job.name, time.perf_counter() - started)
+        return ArtifactResult(job.variant, exporter.name, exporter.backend, job.precision, "built",
+                              path=job.final, seconds=time.perf_counter() - started,
+                              export_seconds=export_seconds, size_mb=size, parity=parity)
+    except Exception as exc:  # noqa: BLE001 - collected; the other artifacts go on
+        logger.error("%s: failed: %s: %s", job.name, type(exc).__name__, exc)
+        logger.debug("%s: traceback", job.name, exc_info=True)
+        return _failed(job, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
+    finally:
+        # Also on KeyboardInterrupt: nothing half-made survives under any name.
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _thresholds(overrides, weights: ResolvedWeights) -> Mapping[str, Mapping[str, tuple[str, float]]]:
+    if overrides is not None:
+        return overrides
+    # Random networks are more sensitive to quantization than trained ones (converters.weights).
+    return RANDOM_WEIGHT_THRESHOLDS if weights.random else THRESHOLDS
+
+
+def _failed(job: _Job, message: str, seconds: float) -> ArtifactResult:
+    return ArtifactResult(job.variant, job.exporter.name, job.exporter.backend, job.precision, "failed",
+                          path=None, seconds=seconds, error=message)
+
+
+def _remove_extras(staging: Path, files: list[Path]) -> None:
+    keep = {f.resolve() for f in files}
+    for path in staging.rglob("*"):
+        if path.is_file() and path.resolve() not in keep:
+            path.unlink()
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Move the finished ``staging`` directory to ``final`` (replacing an older one) by renames."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_stale(variant_dir: Path) -> None:
+    """Remove staging/old directories left by runs that were killed (whose process is gone)."""
+    if not variant_dir.is_dir():
+        return
+    for path in variant_dir.iterdir():
+        match = re.fullmatch(r"\..+\.(?:staging|old)-(\d+)-[0-9a-f]+", path.name)
+        if match and path.is_dir() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _size_mb(paths: Iterable[Path]) -> float:
+    return sum(p.stat().st_size for p in paths if p.is_file()) / 1e6
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_description(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, *, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="artifact", file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,462 @@
+"""converters: Lite0 and D0 to ONNX FP32/FP16/INT8 — real exports, real onnxruntime, no mocks.
+
+Each artifact is exported once per session (module fixture) with realistic random weights
+(converters.weights.realistic_random_: trained-like batch-norm statistics and head scales, so that
+errors are measured on non-trivial outputs) and 8 synthetic calibration images.
+
+Thresholds, from measurements on this machine (random seed 0, 4 held-out synthetic scenes; the
+outputs have std 2 (logits) and 0.5 (box regressions)):
+
+* FP32: max abs <= 1e-3 on raw outputs (measured 1.2e-5 Lite0, 2.8e-4 D0: float reassociation).
+* FP16: measured cls max abs 0.014 / 0.024, box 0.003 / 0.006, cosines >= 0.999998, score max
+  abs <= 0.005, top-100 agreement >= 0.9975. Asserted: cls max abs <= 0.1, box <= 0.03, cosines
+  >= 0.9999, score max abs <= 0.02, top-100 >= 0.95.
+* INT8: measured cls cosine 0.99985 / 0.9988, box cosine 0.9993 / 0.9932, top-100 agreement
+  0.95 / 0.81, cls max abs 0.62 / 2.1, score max abs 0.13 / 0.36. Asserted (about 4x the measured
+  1 - cosine): cls cosine >= 0.995, box cosine >= 0.98, top-100 >= 0.6, score max abs <= 0.6.
+  A random network quantizes worse than a trained one (the published D0: box cosine 0.9998,
+  STACK.md); see converters.weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from converters import CalibrationError, ConvertError, OnnxExporter, convert
+from converters.calibration import FolderSource, SyntheticSource, VideoSource, open_source, synthetic_frame
+from converters.cli import main
+from converters.weights import build_model, resolve_weights
+from edgedet.anchors import generate_anchors
+from edgedet.manifest import MANIFEST_NAME, Manifest, ManifestError
+from edgedet.preprocess import preprocess
+
+VARIANTS = ("lite0", "d0")
+PRECISIONS = ("fp32", "fp16", "int8")
+COMMON = dict(formats="onnx", weights="random", allow_random=True, calibration="synthetic",
+              calibration_count=8)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports")
+    started = time.perf_counter()
+    report = convert(list(VARIANTS), precisions=list(PRECISIONS), out_dir=out, **COMMON)
+    seconds = time.perf_counter() - started
+    print(f"\n{report.table()}\n(total {seconds:.1f} s)")
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def torch_models():
+    """The same realistic-random models the pipeline built (seed 0), for independent checks."""
+    return {v: build_model(v, 90, resolve_weights("random", v, allow_random=True)) for v in VARIANTS}
+
+
+def artifact(out: Path, variant: str, precision: str) -> Path:
+    return out / variant / f"onnxruntime-{precision}"
+
+
+def run_onnx(directory: Path, frame: np.ndarray) -> tuple[Manifest, np.ndarray, np.ndarray]:
+    """Run an artifact the way the runtime will: everything from its manifest."""
+    manifest = Manifest.load(directory)
+    manifest.verify_files(directory)
+    norm = manifest.input.normalization
+    batch, _ = preprocess(frame, manifest.image_size, norm.mean, norm.std, layout=manifest.input.layout,
+                          dtype=np.dtype(manifest.input.dtype))
+    session = ort.InferenceSession(str(manifest.model_path(directory)), providers=["CPUExecutionProvider"])
+    cls_name = manifest.output("cls_logits").name
+    box_name = manifest.output("box_regression").name
+    cls, box = session.run([cls_name, box_name], {manifest.input.name: batch})
+    return manifest, cls, box
+
+
+# ------------------------------------------------------------------------------------ the artifacts
+
+
+def test_every_artifact_built(exported):
+    out, report = exported
+    assert report.ok, report.table()
+    assert [(r.variant, r.precision, r.status) for r in report.results] == [
+        (v, p, "built") for v in VARIANTS for p in PRECISIONS]
+    for variant in VARIANTS:
+        assert sorted(p.name for p in (out / variant).iterdir()) == [
+            f"onnxruntime-{p}" for p in sorted(PRECISIONS)]  # no staging or temp leftovers
+        for precision in PRECISIONS:
+            assert sorted(p.name for p in artifact(out, variant, precision).iterdir()) == [
+                "manifest.json", "model.onnx"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_manifest_describes_the_artifact(exported, variant, precision):
+    out, report = exported
+    directory = artifact(out, variant, precision)
+    manifest = Manifest.load(directory)
+    manifest.verify_files(directory)
+    model = onnx.load(str(directory / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 18
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == ["cls_logits", "box_regression"]
+    n = generate_anchors(manifest.model_config()).shape[0]
+    size = manifest.image_size
+    assert (manifest.variant, manifest.backend, manifest.precision) == (variant, "onnxruntime", precision)
+    assert manifest.input.shape == (1, 3, size, size) and manifest.input.layout == "NCHW"
+    assert manifest.input.dtype == "float32"  # FP16 and INT8 keep float32 I/O
+    assert manifest.output("cls_logits").shape == (1, n, 90)
+    assert manifest.output("box_regression").shape == (1, n, 4)
+    assert manifest.weights.random is True and manifest.weights.source == "random:seed=0"
+    assert manifest.parity["passed"] is True
+    assert manifest.tools["onnxruntime"] == ort.__version__
+    if precision == "int8":
+        assert manifest.calibration is not None and manifest.calibration.count == 8
+        assert manifest.calibration.source == "synthetic:0"
+        ops = {node.op_type for node in model.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    else:
+        assert manifest.calibration is None
+    result = report.get(variant, "onnx", precision)
+    assert result.parity == manifest.parity
+    assert result.size_mb == pytest.approx((directory / "model.onnx").stat().st_size / 1e6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sizes(exported, variant):
+    out, _ = exported
+    size = {p: (artifact(out, variant, p) / "model.onnx").stat().st_size for p in PRECISIONS}
+    assert size["fp16"] == pytest.approx(size["fp32"] / 2, rel=0.05)
+    assert size["int8"] < 0.4 * size["fp32"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fp32_matches_pytorch(exported, torch_models, variant):
+    """Independent of the pipeline's own check: a fresh image, PyTorch vs onnxruntime, raw outputs."""
+    out, _ = exported
+    frame = synthetic_frame(4242, 0)
+    manifest, cls, box = run_onnx(artifact(out, variant, "fp32"), frame)
+    model = torch_models[variant]
+    norm = model.config.normalization
+    batch, _ = preprocess(frame, model.config.image_size, norm.mean, norm.std)
+    with torch.no_grad():
+        ref_cls, ref_box = (t.numpy() for t in model(torch.from_numpy(batch)))
+    assert ref_cls.std() > 1.0 and ref_box.std() > 0.2  # non-trivial outputs, not ~0
+    other, _ = preprocess(synthetic_frame(4242, 1), model.config.image_size, norm.mean, norm.std)
+    with torch.no_grad():
+        other_cls, _ = model(torch.from_numpy(other))
+    assert (other_cls.numpy() - ref_cls).std() > 0.05 * ref_cls.std()  # and they depend on the image
+    assert np.abs(cls - ref_cls).max() <= 1e-3
+    assert np.abs(box - ref_box).max() <= 1e-3
+    assert manifest.parity["cls_max_abs"] <= 1e-3 and manifest.parity["box_max_abs"] <= 1e-3
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fp16_parity(exported, variant):
+    out, _ = exported
+    p = Manifest.load(artifact(out, variant, "fp16")).parity
+    assert 0 < p["cls_max_abs"] <= 0.1 and p["box_max_abs"] <= 0.03
+    assert p["cls_cosine"] >= 0.9999 and p["box_cosine"] >= 0.9999
+    assert p["score_max_abs"] <= 0.02
+    assert p["top100_agreement"] >= 0.95
+    model = onnx.load(str(artifact(out, variant, "fp16") / "model.onnx"))
+    fp16_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(fp16_weights) > 0.9 * len(model.graph.initializer)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_int8_parity(exported, variant):
+    out, _ = exported
+    p = Manifest.load(artifact(out, variant, "int8")).parity
+    assert 0 < p["cls_max_abs"]
+    assert p["cls_cosine"] >= 0.995 and p["box_cosine"] >= 0.98
+    assert p["score_max_abs"] <= 0.6
+    assert p["top100_agreement"] >= 0.6
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_runs_in_onnxruntime_on_a_camera_frame(exported, precision):
+    out, _ = exported
+    frame = synthetic_frame(99, 0, size=(1280, 720))
+    manifest, cls, box = run_onnx(artifact(out, "lite0", precision), frame)
+    assert cls.shape == manifest.output("cls_logits").shape and cls.dtype == np.float32
+    assert box.shape == manifest.output("box_regression").shape
+    assert np.isfinite(cls).all() and np.isfinite(box).all()
+
+
+# ------------------------------------------------------------------------------------ reruns
+
+
+def test_rerun_skips(exported):
+    out, _ = exported
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    started = time.perf_counter()
+    report = convert(list(VARIANTS), precisions=list(PRECISIONS), out_dir=out, **COMMON)
+    assert time.perf_counter() - started < 5.0
+    assert [r.status for r in report.results] == ["skipped"] * 6
+    assert all(r.parity["passed"] for r in report.results)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_damaged_artifact_is_rebuilt(exported, tmp_path):
+    out, _ = exported
+    work = tmp_path / "exports"
+    shutil.copytree(out / "lite0", work / "lite0")
+    fp16 = artifact(work, "lite0", "fp16")
+    old = Manifest.load(fp16)
+    model = fp16 / "model.onnx"
+    model.write_bytes(model.read_bytes()[:1000])  # truncated by a bad copy
+    with pytest.raises(ManifestError):
+        old.verify_files(fp16)
+
+    report = convert("lite0", precisions="fp32,fp16", out_dir=work, **COMMON)
+    assert [(r.precision, r.status) for r in report.results] == [("fp32", "skipped"), ("fp16", "built")]
+    new = Manifest.load(fp16)
+    new.verify_files(fp16)
+    assert new.export_key == old.export_key and new.files == old.files  # deterministic export
+    assert sorted(p.name for p in (work / "lite0").iterdir()) == [
+        f"onnxruntime-{p}" for p in sorted(PRECISIONS)]
+
+
+def test_force_rebuilds_and_parity_failures_are_kept_aside(exported, tmp_path):
+    """--force rebuilds up-to-date artifacts. One that then fails its parity thresholds is
+    published as <name>.failed, reported, and does not replace the good one; the others go on."""
+    out, _ = exported
+    work = tmp_path / "exports"
+    shutil.copytree(out / "lite0", work / "lite0")
+    old_fp32 = (artifact(work, "lite0", "fp32") / MANIFEST_NAME).read_text()
+    old_fp16 = (artifact(work, "lite0", "fp16") / MANIFEST_NAME).read_text()
+    time.sleep(1.1)  # "created" has 1 s resolution
+    strict = {"fp32": {"cls_max_abs": ("max", 1e-3)}, "fp16": {"cls_max_abs": ("max", 1e-12)}}
+    report = convert("lite0", precisions="fp32,fp16", out_dir=work, force=True, thresholds=strict,
+                     **COMMON)
+    fp32, fp16 = report.results
+    assert (fp32.status, fp16.status) == ("built", "failed") and not report.ok
+
+    rebuilt = Manifest.load(artifact(work, "lite0", "fp32"))
+    rebuilt.verify_files(artifact(work, "lite0", "fp32"))
+    assert rebuilt.created != json.loads(old_fp32)["created"]  # really rebuilt
+    assert rebuilt.files == json.loads(old_fp32)["files"]  # ... to the same bytes
+
+    assert "cls_max_abs" in fp16.error and "FAILED lite0/onnxruntime-fp16" in report.table()
+    failed = Manifest.load(work / "lite0" / "onnxruntime-fp16.failed")
+    assert failed.parity["passed"] is False and "cls_max_abs" in failed.parity["failed_checks"]
+    assert (artifact(work, "lite0", "fp16") / MANIFEST_NAME).read_text() == old_fp16  # good one kept
+    assert sorted(p.name for p in (work / "lite0").iterdir()) == [
+        "onnxruntime-fp16", "onnxruntime-fp16.failed", "onnxruntime-fp32", "onnxruntime-int8"]
+
+
+def test_changed_inputs_are_not_skipped(exported, tmp_path):
+    """Another calibration count changes the INT8 export key (checked without exporting)."""
+    out, _ = exported
+    key = Manifest.load(artifact(out, "lite0", "int8")).export_key
+    from converters.pipeline import _plan
+
+    plan = _plan("lite0", "onnx", "int8", "random", out, calibration="synthetic", calibration_count=9,
+                 allow_random=True, force=False, num_classes=None, labels=None, seed=0, exporters=None)
+    assert plan.jobs[0].key != key
+    plan = _plan("lite0", "onnx", "int8", "random", out, calibration="synthetic", calibration_count=8,
+                 allow_random=True, force=False, num_classes=None, labels=None, seed=0, exporters=None)
+    assert plan.jobs[0].key == key
+
+
+# ------------------------------------------------------------------------------------ interruptions
+
+
+class CrashingExporter(OnnxExporter):
+    """A real ONNX exporter that dies halfway through writing its model file."""
+
+    def __init__(self, payload: bytes, error: BaseException) -> None:
+        super().__init__()
+        self.payload, self.error = payload, error
+
+    def export(self, model, config, out_dir, precision, calibration):
+        with open(Path(out_dir) / "model.onnx", "wb") as f:
+            f.write(self.payload[: len(self.payload) // 2])
+            f.flush()
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("simulated crash"), KeyboardInterrupt()])
+def test_interrupted_export_leaves_nothing(exported, tmp_path, error):
+    out, _ = exported
+    payload = (artifact(out, "lite0", "fp32") / "model.onnx").read_bytes()
+    exporter = CrashingExporter(payload, error)
+    work = tmp_path / "exports"
+    if isinstance(error, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            convert("lite0", precisions="fp32", out_dir=work, exporters={"onnx": exporter}, **COMMON)
+    else:
+        report = convert("lite0", precisions="fp32", out_dir=work, exporters={"onnx": exporter}, **COMMON)
+        assert not report.ok and report.results[0].status == "failed"
+        assert "simulated crash" in report.results[0].error
+        assert "FAILED lite0/onnxruntime-fp32" in report.table()
+    final = artifact(work, "lite0", "fp32")
+    assert not (final / "model.onnx").exists() and not (final / MANIFEST_NAME).exists()
+    assert list((work / "lite0").iterdir()) == []  # no staging directory, no half file anywhere
+
+
+def test_failed_rebuild_keeps_the_previous_artifact(exported, tmp_path):
+    out, _ = exported
+    work = tmp_path / "exports"
+    shutil.copytree(artifact(out, "lite0", "fp32"), artifact(work, "lite0", "fp32"))
+    payload = (artifact(out, "lite0", "fp32") / "model.onnx").read_bytes()
+    report = convert("lite0", precisions="fp32", out_dir=work, force=True,
+                     exporters={"onnx": CrashingExporter(payload, RuntimeError("disk full"))}, **COMMON)
+    assert not report.ok
+    Manifest.load(artifact(work, "lite0", "fp32")).verify_files(artifact(work, "lite0", "fp32"))
+    assert [p.name for p in (work / "lite0").iterdir()] == ["onnxruntime-fp32"]
+
+
+# ------------------------------------------------------------------------------------ checks first
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(allow_random=False), "--allow-random"),
+    (dict(variants="d9"), "unknown variant 'd9'"),
+    (dict(variants="d3-d1"), "must run upward"),
+    (dict(formats="onnx,coreml"), "unknown format 'coreml'"),
+    (dict(precisions="fp32,int4"), "unknown precision 'int4'"),
+    (dict(calibration=None), "int8 needs calibration images"),
+    (dict(calibration="/no/such/dir"), "does not exist"),
+    (dict(calibration_count=0), "at least 1"),
+    (dict(num_classes=3, labels=["a", "b"]), "2 labels given but lite0 has 3 classes"),
+])
+def test_bad_requests_fail_before_any_work(tmp_path, kwargs, message):
+    args = dict(variants="lite0", precisions="fp32,int8", out_dir=tmp_path / "out", **COMMON)
+    args.update(kwargs)
+    started = time.perf_counter()
+    with pytest.raises(ConvertError, match=message):
+        convert(**args)
+    assert time.perf_counter() - started < 5.0
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_and_unfitting_checkpoints(tmp_path):
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(ConvertError, match="not a readable PyTorch checkpoint"):
+        convert("lite0", "onnx", "fp32", weights=str(bad), out_dir=tmp_path / "out")
+    with pytest.raises(ConvertError, match="no checkpoint file"):
+        convert("lite0", "onnx", "fp32", weights=str(tmp_path / "missing.pth"), out_dir=tmp_path / "out")
+    state = {"backbone.conv_stem.weight": torch.zeros(32, 3, 3, 3)}
+    torch.save(state, tmp_path / "other.pth")
+    with pytest.raises(ConvertError, match="do not fit lite0"):
+        convert("lite0", "onnx", "fp32", weights=str(tmp_path / "other.pth"), out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_package_names_the_extra(tmp_path):
+    class NeedsMore(OnnxExporter):
+        requires = {**OnnxExporter.requires, "edgedet_no_such_module": "no-such-package"}
+
+    with pytest.raises(ConvertError, match=r"no-such-package.*pip install edgedet\[convert\]"):
+        convert("lite0", precisions="fp32", out_dir=tmp_path / "out",
+                exporters={"onnx": NeedsMore()}, **COMMON)
+
+
+def test_unsupported_combination(tmp_path):
+    class Fp32Only(OnnxExporter):
+        precisions = ("fp32",)
+
+    with pytest.raises(ConvertError, match="format onnx does not make int8"):
+        convert("lite0", precisions="fp32,int8", out_dir=tmp_path / "out",
+                exporters={"onnx": Fp32Only()}, **COMMON)
+    assert not (tmp_path / "out").exists()
+
+
+def test_variant_ranges():
+    from converters import parse_variants
+
+    assert parse_variants("d0-d3") == ["d0", "d1", "d2", "d3"]
+    assert parse_variants("lite0-lite2,d0, d0") == ["lite0", "lite1", "lite2", "d0"]
+    assert parse_variants("tf_efficientdet_d1") == ["d1"]
+    assert len(parse_variants("all")) == 15
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for needle in ("--variants", "d0-d3", "--allow-random", "--calibration", "examples:", "onnxruntime-int8"):
+        assert needle in text
+
+
+def test_cli_rerun_and_errors(exported, capsys):
+    out, _ = exported
+    code = main(["--variants", "lite0,d0", "--weights", "random", "--allow-random", "--calibration",
+                 "synthetic", "--calibration-count", "8", "--out", str(out), "-q"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.count("skipped") == 6 and "0 built, 6 up to date, 0 failed" in captured.out
+    assert main(["--variants", "lite0", "--weights", "random", "--out", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "converters", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "edgedet-convert" in result.stdout
+    script = shutil.which("edgedet-convert", path=os.path.dirname(sys.executable))
+    assert script is not None, "entry point missing: pip install -e . --no-deps"
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+
+def test_synthetic_source_is_deterministic_and_disjoint():
+    source = open_source("synthetic")
+    assert isinstance(source, SyntheticSource)
+    a = list(source.calibration_frames(3))
+    b = list(source.calibration_frames(3))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    held = list(source.holdout_frames(3))
+    assert not any(np.array_equal(x, y) for x in a for y in held if x.shape == y.shape)
+    assert all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in a + held)
+    assert a[0].std() > 20  # scene-like, not flat
+    assert not np.array_equal(next(open_source("synthetic:1").calibration_frames(1)), a[0])
+
+
+def test_folder_source(tmp_path):
+    import cv2
+
+    for i in range(10):
+        cv2.imwrite(str(tmp_path / f"img_{i:02d}.jpg"), synthetic_frame(7, i, size=(64, 48)))
+    (tmp_path / "notes.txt").write_text("not an image")
+    source = open_source(tmp_path)
+    assert isinstance(source, FolderSource)
+    assert source.calibration_count(100) == 8  # 2 of 10 held out
+    assert len(list(source.calibration_frames(100))) == 8
+    assert len(list(source.holdout_frames(4))) == 2
+    assert [f.shape for f in source.calibration_frames(3)] == [(48, 64, 3)] * 3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CalibrationError, match="holds no images"):
+        open_source(tmp_path / "empty")
+
+
+def test_video_source(tmp_path):
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(20):
+        writer.write(np.full((48, 64, 3), i * 12, np.uint8))
+    writer.release()
+    source = open_source(path)
+    assert isinstance(source, VideoSource) and source.total == 20
+    calibration = [round(f.mean() / 12) for f in source.calibration_frames(4)]
+    holdout = [round(f.mean() / 12) for f in source.holdout_frames(4)]
+    assert calibration == [0, 4, 9, 13] and holdout == [18, 19]
