@@ -175,3 +175,11 @@ def test_onnx_export_at_fixed_size(tmp_path):
         ref_cls, ref_box = model(x)
     assert np.abs(cls - ref_cls.numpy()).max() < 1e-3
     assert np.abs(box - ref_box.numpy()).max() < 1e-3
+
+
+def test_backbone_init_counts_groups_in_fan_out():
+    """Depthwise kernels get He init on their per-group fan-out (not ~30x too small)."""
+    model = create_model("d0")
+    conv = model.backbone.blocks[5][0].conv_dw  # 5x5 depthwise, 672 channels
+    fan_out = 5 * 5 * conv.out_channels // conv.groups
+    assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)

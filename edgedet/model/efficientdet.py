@@ -13,6 +13,8 @@ and ``torch.export``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -44,7 +46,11 @@ class EfficientDet(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, nn.Conv2d):
                 if name.startswith("backbone."):
-                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                    # He init on fan-out counted per group, as the reference: torch's kaiming_normal_
+                    # ignores groups and would make depthwise kernels ~30x too small.
+                    kh, kw = module.kernel_size
+                    fan_out = kh * kw * module.out_channels // module.groups
+                    nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_out))
                 else:
                     nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
