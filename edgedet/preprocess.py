@@ -165,7 +165,7 @@ def preprocess(frames: np.ndarray | Sequence[np.ndarray], size: int, mean: Seque
     scale = tuple(float(v) for v in scale32)
     shift = tuple(float(v) for v in shift32)
 
-    if isinstance(frames, np.ndarray) and frames.ndim != 4:
+    if frames is None or (isinstance(frames, np.ndarray) and frames.ndim != 4):
         frames = [frames]
     frames = [validate_frame(f) for f in frames]
     if not frames:

@@ -46,13 +46,8 @@ COMMON = dict(formats="onnx", weights="random", allow_random=True, calibration="
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("exports")
-    started = time.perf_counter()
-    report = convert(list(VARIANTS), precisions=list(PRECISIONS), out_dir=out, **COMMON)
-    seconds = time.perf_counter() - started
-    print(f"\n{report.table()}\n(total {seconds:.1f} s)")
-    return out, report
+def exported(onnx_exports):
+    return onnx_exports
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +192,7 @@ def test_runs_in_onnxruntime_on_a_camera_frame(exported, precision):
 def test_rerun_skips(exported):
     out, _ = exported
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    started = time.perf_counter()
     report = convert(list(VARIANTS), precisions=list(PRECISIONS), out_dir=out, **COMMON)
-    assert time.perf_counter() - started < 5.0
     assert [r.status for r in report.results] == ["skipped"] * 6
     assert all(r.parity["passed"] for r in report.results)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
