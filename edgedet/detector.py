@@ -87,7 +87,7 @@ def find_artifacts(models: str | Path) -> list[Artifact]:
         return []
     if root.is_file():
         raise NoArtifactsError(f"{root} is a file; pass the directory of exported models "
-                               "(edgedet-convert --out DIR)")
+                               "(edgedet-convert --out DIR) or give the bundle to Detector(models=...)")
     found = []
     for path in sorted(root.rglob(MANIFEST_NAME)):
         relative = path.relative_to(root).parts[:-1]
@@ -180,7 +180,8 @@ class Detector:
         budget_ms: end-to-end latency budget per frame (at ``percentile``). With ``variant`` only,
             no budget is needed and nothing is measured.
         variant: serve this variant (``"d2"``, ``"lite0"``...) instead of choosing by budget.
-        models: directory of exported artifacts (default :func:`default_models_dir`).
+        models: directory of exported artifacts, or a bundle file (``python -m edgedet.bundle
+            pack``), unpacked and verified into the cache once (default :func:`default_models_dir`).
         backend: ``"auto"`` or one of ``"onnxruntime"``, ``"openvino"``, ``"tflite"``.
         precision: ``"auto"`` or one of ``"fp32"``, ``"fp16"``, ``"int8"``.
         threads: inference threads (None: the runtime's default).
@@ -225,7 +226,7 @@ class Detector:
         self._post = dict(score_threshold=score_threshold, iou_threshold=iou_threshold,
                           max_detections=max_detections, rgb=rgb)
         self._timing = dict(warmup=warmup, runs=runs, clock=clock)
-        self.models_dir = Path(models).expanduser() if models is not None else default_models_dir()
+        self.models_dir = _models_dir(models)
         cache_path = (None if profile_cache is False else
                       Path(profile_cache) if profile_cache is not None else cache_dir() / "profiles.json")
         self._cache = ProfileCache(cache_path) if cache_path is not None else None
@@ -421,6 +422,18 @@ class Detector:
             raise BudgetError(message)
         log.warning("%s\nServing the fastest, %s, as on_miss='smallest' asks.", message, artifact.name)
         return artifact, pipeline or self._load(artifact), latency
+
+
+def _models_dir(models: str | Path | None) -> Path:
+    """The directory to search: ``models``, or a bundle file unpacked (and verified) into the cache."""
+    if models is None:
+        return default_models_dir()
+    path = Path(models).expanduser()
+    if path.is_file():
+        from edgedet.bundle import unpack_cached
+
+        return unpack_cached(path, cache_dir() / "bundles")
+    return path
 
 
 def _published_ap(variant: str) -> float:
