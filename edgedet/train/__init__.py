@@ -1,0 +1,34 @@
+"""Training and fine-tuning EfficientDet on COCO-format data (torch required).
+
+Python::
+
+    from edgedet.train import train
+    result = train("lite0", "data/annotations/train.json", "data/train",
+                   "data/annotations/val.json", "data/val", out="runs/lite0", epochs=20)
+    print(result.best_map, result.best_path)
+
+CLI: ``python -m edgedet.train --help``.
+
+``train`` writes ``best.pth`` (EMA weights + metadata: variant, image size, class names, val
+mAP...), which :func:`edgedet.model.checkpoint.load_checkpoint` and the converters read.
+"""
+from edgedet.train.dataset import Augment, CocoDetection, collate, load_coco_index
+from edgedet.train.ema import ModelEma
+from edgedet.train.loss import DetectionLoss, focal_loss, match_anchors
+from edgedet.train.trainer import TrainConfig, TrainResult, load_trained, lr_at, train
+
+__all__ = [
+    "Augment",
+    "CocoDetection",
+    "DetectionLoss",
+    "ModelEma",
+    "TrainConfig",
+    "TrainResult",
+    "collate",
+    "focal_loss",
+    "load_coco_index",
+    "load_trained",
+    "lr_at",
+    "match_anchors",
+    "train",
+]
