@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from converters.verify import (
     reference_outputs,
 )
 from converters.weights import PUBLISHED, ResolvedWeights, WeightsError, build_model, resolve_weights
+from edgedet._progress import progress_bar
 from edgedet.config import VARIANTS, get_config
 from edgedet.hub import sha256_file
 from edgedet.manifest import (
@@ -258,7 +258,7 @@ def convert(
                  calibration_count=calibration_count, allow_random=allow_random, force=force,
                  num_classes=num_classes, labels=labels, seed=seed, exporters=exporters)
     results: list[ArtifactResult] = []
-    bar = _progress_bar(len(plan.jobs), enabled=progress)
+    bar = progress_bar(len(plan.jobs), unit="artifact", enabled=progress)
     try:
         for variant in plan.variants:
             jobs = [j for j in plan.jobs if j.variant == variant]
@@ -596,17 +596,3 @@ def _size_mb(paths: Iterable[Path]) -> float:
     return sum(p.stat().st_size for p in paths if p.is_file()) / 1e6
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-    def set_description(self, text: str) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress_bar(total: int, *, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, unit="artifact", file=sys.stderr, dynamic_ncols=True)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import cv2
 import numpy as np
 
+from edgedet._progress import progress_bar
 from edgedet.detections import Detections
 
 if TYPE_CHECKING:
@@ -207,17 +208,6 @@ def _iter_batches(data: dict[str, Any], images_dir: str | os.PathLike[str], batc
         yield [int(img["id"]) for img in chunk], frames
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, desc=desc, unit="img", leave=False)
-        except ImportError:
-            pass
-    return None
-
-
 def _run_and_score(detect: Callable[[list[np.ndarray]], list[Detections]], data: dict[str, Any],
                    images_dir: str | os.PathLike[str], *, batch_size: int, category_ids: Sequence[int] | None,
                    num_classes: int,
@@ -225,16 +215,14 @@ def _run_and_score(detect: Callable[[list[np.ndarray]], list[Detections]], data:
     started = time.perf_counter()
     detections: dict[int, Detections] = {}
     total = len(data["images"]) if limit is None else min(limit, len(data["images"]))
-    bar = _progress(total, desc, progress)
+    bar = progress_bar(total, desc, unit="img", enabled=progress, leave=False)
     try:
         for ids, frames in _iter_batches(data, images_dir, batch_size, limit):
             for image_id, det in zip(ids, detect(frames)):
                 detections[image_id] = det
-            if bar is not None:
-                bar.update(len(ids))
+            bar.update(len(ids))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     seconds = time.perf_counter() - started
     if limit is not None:
         keep = set(detections)

@@ -43,6 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edgedet._progress import progress_bar
 from edgedet._atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -575,31 +576,6 @@ def _render_chunk(jobs: list[tuple[SyntheticConfig, int, int, str, str]]) -> lis
     return [_render_and_write(j) for j in jobs]
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, desc=desc, unit="img", leave=False)
-        except ImportError:
-            pass
-    return _LogProgress(total, desc, enabled)
-
-
-class _LogProgress:
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
-        self.step = max(1, total // 10)
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if self.enabled and (self.n % self.step < n or self.n == self.total):
-            log.info("%s: %d/%d images", self.desc, self.n, self.total)
-
-    def close(self) -> None:
-        pass
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -660,7 +636,7 @@ def generate_coco(
 
     jobs = [(cfg, i, start_index + i, str(image_dir / names[i]), image_format) for i in range(num_images)]
     results: list[list[dict[str, Any]] | None] = [None] * num_images
-    bar = _progress(num_images, f"shapes/{split_name}", progress)
+    bar = progress_bar(num_images, f"shapes/{split_name}", unit="img", enabled=progress, leave=False)
     try:
         if workers <= 1 or num_images < 2:
             for job in jobs:

@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from edgedet._atomic import atomic_writer
+from edgedet._progress import progress_bar
 from edgedet.anchors import generate_anchors
 from edgedet.config import get_config
 from edgedet.model import EfficientDet, create_model
@@ -516,9 +517,8 @@ def train(
                      float(np.median(step_times[1:][-50:] or step_times)), per_eval)
             total_steps = new_total
             warmup_steps = _warmup_steps(warmup, total_steps)
-            if bar is not None:
-                bar.total = total_steps
-                bar.refresh()
+            bar.total = total_steps
+            bar.refresh()
 
     # ---- the loop ----------------------------------------------------------------------------
     session_start = started  # the time limit counts from the call, set-up included
@@ -528,7 +528,7 @@ def train(
     step_times: list[float] = []
     bad_steps = 0
     last_eval_step = history[-1]["step"] if history else -1
-    bar = _bar(total_steps, step, progress)
+    bar = progress_bar(total_steps, "train", unit="step", enabled=progress, initial=step)
     plan = _BatchPlan(len(train_set), batch_size, seed, step, steps_per_epoch)
     loader = DataLoader(
         train_set, batch_sampler=plan, num_workers=num_workers, collate_fn=collate,
@@ -573,10 +573,9 @@ def train(
             now = time.monotonic()
             step_times.append(now - t_prev)  # wall time per step, data waits included
             t_prev = now
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{running['loss']:.3f}", cls=f"{running['cls_loss']:.3f}",
-                                box=f"{running['box_loss']:.4f}", lr=f"{current_lr:.2e}", refresh=False)
+            bar.update(1)
+            bar.set_postfix(loss=f"{running['loss']:.3f}", cls=f"{running['cls_loss']:.3f}",
+                            box=f"{running['box_loss']:.4f}", lr=f"{current_lr:.2e}", refresh=False)
 
             session = now - session_start
             # Fit the schedule to the time limit once the speed is known (and again after each
@@ -595,8 +594,7 @@ def train(
             if final or (at_epoch_end and (step // steps_per_epoch) % max(1, eval_every) == 0):
                 losses = {k: window[k] / max(1, window["n"]) for k in ("loss", "cls_loss", "box_loss")}
                 window = {"loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0, "n": 0}
-                if bar is not None:
-                    bar.clear()
+                bar.clear()
                 metrics = evaluate()
                 last_eval_step = step
                 record(metrics, losses, time.monotonic() - session_start)
@@ -622,8 +620,7 @@ def train(
         raise
     finally:
         del batches, loader  # shuts the worker down
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     session = time.monotonic() - session_start
     s_per_step = float(np.median(step_times[1:] or step_times)) if step_times else None
@@ -640,16 +637,6 @@ def train(
 
 
 # --------------------------------------------------------------------------------------- helpers
-
-def _bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
 
 def _eval_estimate(step_times: list[float], eval_seconds: float | None, val_count: int, eval_bs: int,
                    do_eval: bool) -> float:
