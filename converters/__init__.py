@@ -15,6 +15,8 @@ torch and the exporters' packages are imported lazily, when an export needs them
 from converters.base import EXPORTERS, ArtifactIO, ConvertError, Exporter, get_exporter, register_exporter
 from converters.calibration import Calibration, CalibrationError, open_source
 from converters.onnx_exporter import OnnxExporter
+from converters.openvino_exporter import OpenVinoExporter
+from converters.tflite_exporter import TfliteExporter
 from converters.pipeline import ArtifactResult, ConvertReport, convert, parse_variants
 from converters.weights import WeightsError
 
@@ -28,6 +30,7 @@ __all__ = [
     "ConvertReport",
     "Exporter",
     "OnnxExporter",
+    "TfliteExporter",
     "WeightsError",
     "convert",
     "get_exporter",

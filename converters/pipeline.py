@@ -497,7 +497,7 @@ def _build(job: _Job, model: Any, reference: Reference, plan: _Plan, thresholds)
         _remove_extras(staging, files)
         io = exporter.describe(files, model.config, job.precision)
         parity = measure_parity(reference, exporter.runner(files, io), layout=io.input.layout,
-                                dtype=io.input.dtype)
+                                dtype=io.input.dtype, quantization=io.input.quantization)
         failures = check_parity(parity, job.precision, _thresholds(thresholds, plan.weights[job.variant]))
         parity["passed"] = not failures
         if failures:

@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from edgedet.manifest import Quantization
+from edgedet.quantization import quantize
+
 from converters.base import Runner
 
 __all__ = ["RANDOM_WEIGHT_THRESHOLDS", "THRESHOLDS", "TOP_K", "Reference", "check_parity", "compare",
@@ -95,13 +98,16 @@ def reference_outputs(model: Any, frames: Iterable[np.ndarray], *, description: 
     return Reference(tuple(batches), tuple(cls), tuple(box), description)
 
 
-def measure_parity(reference: Reference, run: Runner, *, layout: str = "NCHW",
-                   dtype: str = "float32") -> dict[str, Any]:
-    """Run the artifact on the reference batches and :func:`compare` the outputs."""
+def measure_parity(reference: Reference, run: Runner, *, layout: str = "NCHW", dtype: str = "float32",
+                   quantization: Quantization | None = None) -> dict[str, Any]:
+    """Run the artifact on the reference batches, fed as the runtime feeds it (layout, dtype, and
+    quantized for integer inputs), and :func:`compare` the outputs."""
     cls, box = [], []
     for batch in reference.batches:
         x = batch.transpose(0, 2, 3, 1) if layout == "NHWC" else batch
-        c, b = run(np.ascontiguousarray(x, dtype=np.dtype(dtype)))
+        x = (quantize(x, quantization, dtype) if quantization is not None
+             else np.ascontiguousarray(x, dtype=np.dtype(dtype)))
+        c, b = run(x)
         cls.append(c)
         box.append(b)
     figures = compare(reference.cls, reference.box, cls, box)

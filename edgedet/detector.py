@@ -29,6 +29,7 @@ from edgedet.hub import cache_dir
 from edgedet.manifest import MANIFEST_NAME, Manifest, ManifestError
 from edgedet.postprocess import postprocess
 from edgedet.preprocess import InputError, preprocess, validate_frame
+from edgedet.quantization import dequantize, quantize
 from edgedet.profiling import Clock, LatencyStats, ProfileCache, measure, profile_key
 
 log = logging.getLogger(__name__)
@@ -121,22 +122,14 @@ class Pipeline:
         batch, boxes = preprocess(frames, spec.image_size, spec.normalization.mean, spec.normalization.std,
                                   layout=spec.layout, rgb=self.rgb, dtype=self._input_dtype)
         if spec.quantization is not None:  # integer-input artifacts (full-INT8 TFLite)
-            q = spec.quantization
-            info = np.iinfo(np.dtype(spec.dtype))
-            batch = np.clip(np.rint(batch / q.scale + q.zero_point), info.min, info.max).astype(spec.dtype)
+            batch = quantize(batch, spec.quantization, spec.dtype)
         return batch, boxes
-
-    @staticmethod
-    def _dequantize(array: np.ndarray, spec) -> np.ndarray:
-        if spec.quantization is None:
-            return array
-        return (array.astype(np.float32) - spec.quantization.zero_point) * spec.quantization.scale
 
     def __call__(self, frames) -> list[Detections]:
         batch, letterboxes = self._prepare(frames)
         outputs = self.backend.run(batch)
-        cls_all = self._dequantize(outputs[self._cls.name], self._cls)
-        box_all = self._dequantize(outputs[self._box.name], self._box)
+        cls_all = dequantize(outputs[self._cls.name], self._cls.quantization)
+        box_all = dequantize(outputs[self._box.name], self._box.quantization)
         results = []
         for i, letterbox in enumerate(letterboxes):
             boxes, scores, classes = postprocess(
