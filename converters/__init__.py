@@ -16,6 +16,7 @@ from converters.base import EXPORTERS, ArtifactIO, ConvertError, Exporter, get_e
 from converters.calibration import Calibration, CalibrationError, open_source
 from converters.onnx_exporter import OnnxExporter
 from converters.openvino_exporter import OpenVinoExporter
+from converters.openvino_exporter import OpenVinoExporter
 from converters.tflite_exporter import TfliteExporter
 from converters.pipeline import ArtifactResult, ConvertReport, convert, parse_variants
 from converters.weights import WeightsError
@@ -30,6 +31,7 @@ __all__ = [
     "ConvertReport",
     "Exporter",
     "OnnxExporter",
+    "OpenVinoExporter",
     "TfliteExporter",
     "WeightsError",
     "convert",

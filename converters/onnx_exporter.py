@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from converters.calibration import Calibration
     from edgedet.config import ModelConfig
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OPSET", "OnnxExporter"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OPSET", "OnnxExporter", "export_fp32", "quiet"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class OnnxExporter(Exporter):
         """The simplified, checked FP32 graph; cached for the other precisions of the same model."""
         key = (id(model), config.name)
         if self._cache_key != key or self._cache is None:
-            self._cache = _export_fp32(model, config).SerializeToString()
+            self._cache = export_fp32(model, config).SerializeToString()
             self._cache_key = key
         return self._cache
 
@@ -123,20 +123,17 @@ class OnnxExporter(Exporter):
         return ArtifactIO(input=input_spec, outputs=tuple(outputs), float_layers=_float_layers(graph, precision))
 
     def runner(self, files: Sequence[Path], io: ArtifactIO) -> Runner:
-        import onnxruntime as ort
+        # The runtime's own backend: an artifact is verified exactly as a device will run it.
+        from edgedet.backends.onnxruntime import OnnxRuntimeBackend
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        session = ort.InferenceSession(str(files[0]), options, providers=["CPUExecutionProvider"])
+        backend = OnnxRuntimeBackend(files[0], threads=self.threads)
         names = {o.role: o.name for o in io.outputs}
-        fetch = [names["cls_logits"], names["box_regression"]]
         np_dtype = np.dtype(io.input.dtype)
 
         def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            cls, box = session.run(fetch, {io.input.name: np.ascontiguousarray(batch, dtype=np_dtype)})
-            return np.asarray(cls, np.float32), np.asarray(box, np.float32)
+            outputs = backend.run(np.ascontiguousarray(batch, dtype=np_dtype))
+            return (np.asarray(outputs[names["cls_logits"]], np.float32),
+                    np.asarray(outputs[names["box_regression"]], np.float32))
 
         return run
 
@@ -144,7 +141,8 @@ class OnnxExporter(Exporter):
 # ---------------------------------------------------------------------------------- internals
 
 
-def _export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
+def export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
+    """The simplified, checked FP32 ONNX graph of ``model`` (also the OpenVINO exporter's source)."""
     import onnx
     import onnxslim
     import torch
@@ -153,7 +151,7 @@ def _export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
     dummy = torch.zeros(1, 3, size, size)
     # The dynamo exporter narrates every step on stdout and warns about internals; keep both out
     # of the CLI's output (errors still raise).
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         program = torch.onnx.export(
             model, (dummy,), dynamo=True, opset_version=OPSET, external_data=False,
             input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), verbose=False, optimize=True,
@@ -171,7 +169,7 @@ def _to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    with _quiet():
+    with quiet():
         fp16 = convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False)
     _topological_sort(fp16.graph)  # the converter appends its input casts at the end
     onnx.checker.check_model(fp16, full_check=True)
@@ -241,7 +239,7 @@ def _quantize_int8(fp32: onnx.ModelProto, path: Path, config: ModelConfig, calib
     _save(fp32, source)
     reader = _Reader(calibration, config, size).reader
     try:
-        with _quiet():
+        with quiet():
             quantize_static(
                 source, path, reader, quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -302,7 +300,7 @@ def _float_layers(graph: Any, precision: str) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence stdout chatter, warnings and INFO/WARNING logging of the exporters for the duration."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
