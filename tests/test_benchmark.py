@@ -1,0 +1,198 @@
+"""benchmarks/run.py on its smallest configuration: lite0, ONNX fp32 + int8 (fp16 asked for but not
+provided, to see a ``missing`` row), 3 runs, one thread (on a busy machine two threads can be 10x
+slower, see benchmarks/README.md), a tiny GEMM and a reduced fusion ablation, on a copy of the
+session's ONNX exports (``--skip-export``: nothing is re-exported).
+
+Checks the outputs' shape, never the timings: ``results.json`` against its JSON Schema
+(``benchmarks.schema``; also with ``jsonschema`` where installed), the CSV columns, the plots.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks`
+
+from benchmarks import matrix, run  # noqa: E402
+from benchmarks.plots import pareto_front  # noqa: E402
+from benchmarks.schema import CSV_COLUMNS, RESULTS_SCHEMA, validate  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def models(onnx_exports, tmp_path, monkeypatch):
+    """A private copy of lite0's fp32 and int8 ONNX artifacts; the edgedet cache points into tmp."""
+    src, _ = onnx_exports
+    dst = tmp_path / "models"
+    for precision in ("fp32", "int8"):
+        shutil.copytree(src / "lite0" / f"onnxruntime-{precision}", dst / "lite0" / f"onnxruntime-{precision}")
+    monkeypatch.setenv("EDGEDET_CACHE", str(tmp_path / "cache"))  # no reference checkpoint, no writes to ~
+    return dst
+
+
+def small_args(models: Path, out: Path, *extra: str) -> list[str]:
+    return ["--device", "cpu", "--variants", "lite0", "--backends", "onnx", "--precisions", "fp32,fp16,int8",
+            "--runs", "3", "--warmup", "1", "--models", str(models), "--skip-export", "--out", str(out),
+            "--gemm-sizes", "128", "--threads", "1", "--no-progress", *extra]
+
+
+def test_smallest_benchmark(models, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = run.main(small_args(models, out, "--ablation-variants", "lite0", "--ablation-runs", "2"))
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+
+    results = json.loads((out / "results.json").read_text())
+    assert validate(results) == []
+    jsonschema.validate(results, RESULTS_SCHEMA)
+
+    assert results["schema_version"] == 1 and results["interrupted"] is False
+    assert results["machine"]["threads"] == 1 and "onnxruntime" in results["machine"]["runtimes"]
+    assert results["settings"]["backends"] == ["onnx"] and results["export"]["skipped"] is True
+    rows = {(r["backend"], r["precision"]): r for r in results["rows"]}
+    assert set(rows) == {("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
+                         ("onnxruntime", "int8")}
+    assert rows[("onnxruntime", "fp16")]["status"] == "missing"
+    for key in (("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")):
+        row = rows[key]
+        assert row["status"] == "ok", row
+        assert row["model_ms"]["runs"] == 3 and row["e2e_ms"]["p50"] > 0 and row["fps"] > 0
+        assert row["speedup_vs_pytorch"] > 0 and row["macs"] > 0 and row["weights"] == "random"
+        assert row["map"] is None  # random weights: no mAP
+    assert rows[("onnxruntime", "fp32")]["peak_share"] > 0
+    assert rows[("onnxruntime", "int8")]["peak_share"] is None  # FP32 rows only
+    assert rows[("onnxruntime", "int8")]["parity"]["cls_cosine"] > 0.99  # copied from the manifest
+    assert rows[("pytorch", "fp32")]["speedup_vs_pytorch"] == 1.0
+
+    gemm, ablation = results["context"]["gemm"], results["context"]["fusion_ablation"]
+    assert gemm["peak_gflops"] > 0 and list(gemm["gflops_by_size"]) == ["128"]
+    entry = ablation["variants"]["lite0"]
+    assert entry["fast_vs_softmax_bifpn"] > 0 and set(entry["bifpn_ms"]) == {"fast_normalized", "softmax", "sum"}
+
+    with (out / "results.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        lines = list(reader)
+    assert len(lines) == 4 and {line["status"] for line in lines} == {"ok", "missing"}
+
+    for name in ("latency.png", "parity_vs_latency.png", "peak_share.png", "fusion_ablation.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+        assert name in results["plots"]
+    assert "lite0" in printed and "onnxruntime" in printed and "GEMM peak" in printed
+
+
+def test_ctrl_c_keeps_measured_rows(models, tmp_path, monkeypatch):
+    """Ctrl-C during the first artifact: the PyTorch row measured before it is written; exit 130."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(matrix, "time_detector", interrupted)
+    out = tmp_path / "out"
+    status = run.main(small_args(models, out, "--ablation-variants", "none", "--gemm-sizes", "none",
+                                 "--no-plots", "--precisions", "fp32,int8", "--runs", "1", "--warmup", "0"))
+    assert status == 130
+    results = json.loads((out / "results.json").read_text())
+    assert validate(results) == []
+    assert results["interrupted"] is True
+    assert [(r["backend"], r["status"]) for r in results["rows"]] == [("pytorch", "ok")]
+    assert results["not_measured"] == ["lite0/onnxruntime-fp32", "lite0/onnxruntime-int8"]
+    assert results["context"] == {"gemm": None, "fusion_ablation": None}
+
+
+def test_device_without_runtime_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EDGEDET_CACHE", str(tmp_path / "cache"))
+    status = run.main(["--device", "gpu", "--backends", "onnx", "--variants", "lite0", "--skip-export",
+                       "--models", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert "onnxruntime has no 'gpu' device" in capsys.readouterr().err
+
+
+def test_bad_requests_exit_2(tmp_path, capsys):
+    base = ["--skip-export", "--models", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert run.main(["--variants", "d99", *base]) == 2
+    assert run.main(["--precisions", "fp8", *base]) == 2
+    assert run.main(["--backends", "tensorflow", *base]) == 2
+    assert run.main(["--coco-ann", str(tmp_path / "a.json"), *base]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_validator_reports_violations():
+    good = {"p50": 1.0, "p90": 2.0, "p99": 3.0, "mean": 1.5, "min": 0.5, "runs": 3}
+    from benchmarks.schema import LATENCY
+
+    assert validate(good, LATENCY) == []
+    bad = {**good, "runs": 0, "p50": "fast", "extra": 1}
+    del bad["min"]
+    problems = validate(bad, LATENCY)
+    assert any("runs" in p and "minimum" in p for p in problems)
+    assert any("p50" in p and "expected number" in p for p in problems)
+    assert any("missing required field 'min'" in p for p in problems)
+    assert any("unexpected field 'extra'" in p for p in problems)
+    assert validate({"schema_version": 2}, RESULTS_SCHEMA)  # wrong version, missing fields
+
+
+def test_pareto_front():
+    points = [(10.0, 0.30), (5.0, 0.20), (20.0, 0.25), (7.0, 0.20), (30.0, 0.40)]
+    assert pareto_front(points) == [(5.0, 0.20), (10.0, 0.30), (30.0, 0.40)]
+
+
+def test_map_of_an_artifact_is_cached(onnx_exports, tmp_path):
+    """mAP through edgedet.evaluate on a tiny synthetic COCO split; the second call is a cache hit."""
+    from benchmarks.accuracy import EvalSet, MapCache, evaluate_detector, evaluation_available
+    from benchmarks.measure import load_detector
+    from edgedet.data.synthetic import SyntheticConfig, generate_coco
+    from edgedet.detector import find_artifacts
+
+    if evaluation_available():
+        pytest.skip(evaluation_available())
+    ann = generate_coco(tmp_path / "coco", num_images=2, config=SyntheticConfig(image_size=320), split_name="val",
+                        progress=False)
+    src, _ = onnx_exports
+    artifact = next(a for a in find_artifacts(src) if a.name == "lite0/onnxruntime-fp32")
+    detector = load_detector(artifact, device="cpu", threads=1)
+    eval_set = EvalSet(Path(ann), tmp_path / "coco" / "val", "test", limit=None)
+    cache_file = tmp_path / "map-cache.json"
+    first = evaluate_detector(detector, eval_set, MapCache(cache_file), runtime="r", device="cpu")
+    assert set(first) >= {"AP", "AP50", "source", "cached"} and first["cached"] is False
+    again = evaluate_detector(detector, eval_set, MapCache(cache_file), runtime="r", device="cpu")
+    assert again["cached"] is True and again["AP"] == first["AP"]
+
+
+def test_reference_checkpoint_is_found_exported_and_scored(tmp_path, monkeypatch, capsys):
+    """A trained-reference layout (<cache>/reference/lite0/best.pth with metadata and a val split):
+    the benchmark exports it (one ONNX fp32 artifact, ~15 s) with its class count and names, and
+    scores mAP on its val split."""
+    from converters.weights import realistic_random_
+    from edgedet.data.synthetic import CLASSES, SyntheticConfig, generate_coco
+    from edgedet.model import create_model
+    from edgedet.model.checkpoint import save_checkpoint
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEDET_CACHE", str(cache))
+    ann = generate_coco(tmp_path / "data", num_images=2, config=SyntheticConfig(image_size=320), split_name="val",
+                        progress=False)
+    model = realistic_random_(create_model("lite0", num_classes=len(CLASSES)), seed=1, images=2)
+    save_checkpoint(model, cache / "reference" / "lite0" / "best.pth", metadata={
+        "variant": "lite0", "image_size": 320, "num_classes": len(CLASSES), "class_names": list(CLASSES),
+        "category_ids": list(range(1, len(CLASSES) + 1)), "val_map": 0.0,
+        "train_config": {"val_ann": str(ann), "val_images": str(tmp_path / "data" / "val")}})
+    out = tmp_path / "out"
+    status = run.main(["--variants", "lite0", "--backends", "onnx", "--precisions", "fp32", "--runs", "2",
+                       "--warmup", "0", "--threads", "1", "--out", str(out), "--gemm-sizes", "none",
+                       "--ablation-variants", "none", "--no-progress"])
+    assert status == 0, capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert validate(results) == []
+    assert results["settings"]["weights"]["lite0"]["kind"] == "reference"
+    assert results["export"]["built"] == 1
+    for row in results["rows"]:
+        assert row["status"] == "ok" and row["weights"] == "reference" and row["num_classes"] == len(CLASSES)
+        assert row["map"]["source"] == "reference val split" and 0.0 <= row["map"]["AP"] <= 1.0
+    assert "accuracy_vs_latency.png" in results["plots"]
