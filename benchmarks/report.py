@@ -138,17 +138,21 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def format_context(context: dict[str, Any]) -> str:
     """The GEMM peak and fusion-ablation lines printed under the table."""
     lines = []
     gemm = context.get("gemm")
     if gemm:
         sizes = ", ".join(f"{n}: {g:.1f}" for n, g in gemm["gflops_by_size"].items())
-        lines.append(f"GEMM peak (float32, {gemm['threads']} threads, {gemm['method']}): "
+        lines.append(f"GEMM peak ({_threads(gemm['threads'])}, {gemm['method']}): "
                      f"{gemm['peak_gflops']:.1f} GFLOP/s  [{sizes}]")
     abl = context.get("fusion_ablation")
     if abl:
-        lines.append(f"BiFPN fusion ablation ({abl['method']}, {abl['threads']} threads, {abl['runs']} runs; "
+        lines.append(f"BiFPN fusion ablation ({abl['method']}, {_threads(abl['threads'])}, {abl['runs']} runs; "
                      f"paper: fast normalized {abl['paper']}):")
         for variant, v in abl["variants"].items():
             b, f = v["bifpn_ms"], v["full_ms"]

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="variants for the BiFPN fusion ablation (default: %(default)s; 'none' skips it)")
     ctx.add_argument("--ablation-runs", type=_positive, default=10, metavar="N",
                      help="timed rounds of the fusion ablation (default: %(default)s)")
+    ctx.add_argument("--ablation-threads", type=_positive, default=1, metavar="N",
+                     help="torch threads of the fusion ablation (default: %(default)s: it compares small "
+                          "operators, and one thread is immune to the barrier stalls other processes cause)")
     ctx.add_argument("--gemm-sizes", default="1024,2048", metavar="LIST",
                      help="square GEMM sizes for the peak GFLOP/s (default: %(default)s; 'none' skips it)")
     out = p.add_argument_group("output")
@@ -152,6 +155,7 @@ def _settings(args: argparse.Namespace, variants: list[str], targets: list, mode
         "map": None if args.no_map else {"limit": args.map_limit or None,
                                           "eval_set": None if eval_set is None else eval_set.describe()},
         "ablation_variants": _none_or_list(args.ablation_variants), "ablation_runs": args.ablation_runs,
+        "ablation_threads": args.ablation_threads,
         "gemm_sizes": [int(x) for x in _none_or_list(args.gemm_sizes)],
         "targets": {t.format: {"backend": t.backend, "device": t.device, "reason": t.reason,
                                "export_reason": t.export_reason, "makes": None if t.makes is None else list(t.makes)}
@@ -255,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if gemm_sizes and not interrupted:  # again after the matrix: the better pass counts
             ctx["gemm"] = context.merge_gemm(ctx["gemm"], context.gemm_peak(args.threads, gemm_sizes))
         if ablation and not interrupted:
-            ctx["fusion_ablation"] = context.fusion_ablation(ablation, args.threads, runs=args.ablation_runs,
-                                                             warmup=min(args.warmup, 3))
+            ctx["fusion_ablation"] = context.fusion_ablation(ablation, args.ablation_threads,
+                                                             runs=args.ablation_runs, warmup=min(args.warmup, 3))
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: writing what was measured")
