@@ -17,7 +17,8 @@ What it does, per variant (the recipe is in RECIPES below):
 2. trains from scratch with :func:`edgedet.train.train` (AdamW, warm-up + cosine decay fitted to
    ``--minutes``, EMA 0.999, flip + scale-jitter augmentation), evaluating COCO mAP on the val split
    after every epoch;
-3. writes ``<out>/<variant>/best.pth`` (EMA weights + metadata: variant, image size, class names,
+3. writes ``<out>/<variant>/best.pth`` (``<out>`` defaults to ``$EDGEDET_CACHE/reference``, where
+   ``benchmarks/run.py`` finds it) (EMA weights + metadata: variant, image size, class names,
    val mAP), ``last.pt`` (resumable), ``history.jsonl`` and ``summary.json`` (val metrics, train
    time, steps, speed, the recipe, the data set, versions, and whether the recipe's target AP was
    reached).
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default="lite0,d0", help="comma-separated, from: " + ", ".join(RECIPES))
     p.add_argument("--minutes", type=float, default=45.0, help="training time per variant (default 45)")
     p.add_argument("--steps", type=int, help="fixed step count instead of fitting the schedule to --minutes")
-    p.add_argument("--out", type=Path, default=Path("reference"), help="output folder (default ./reference)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output folder (default {data_root()}, where the benchmark and examples look)")
     p.add_argument("--data", type=Path, help=f"synthetic data cache (default {data_root()})")
     p.add_argument("--train-images", type=int, default=DEFAULT_TRAIN_IMAGES)
     p.add_argument("--val-images", type=int, default=DEFAULT_VAL_IMAGES)
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    out = args.out
+    out = args.out or data_root()
     if args.smoke:
         args.variants, args.train_images, args.val_images = "lite0", 320, 40
         args.image_size = args.image_size or 128
