@@ -234,7 +234,7 @@ def _export_groups(targets: Sequence[Target], weights: Mapping[str, VariantWeigh
                 report = convert(variants, formats=formats, precisions=precisions, weights=spec,
                                  out_dir=models_dir, calibration=calibration,
                                  calibration_count=calibration_count, allow_random=kind == "random",
-                                 labels=labels, progress=progress)
+                                 labels=labels, image_size="native", progress=progress)
             except (ConvertError, WeightsError, OSError, ValueError) as exc:
                 message = f"{','.join(variants)} -> {','.join(formats)}: {exc}"
                 log.error("export refused: %s", message)

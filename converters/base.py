@@ -88,6 +88,13 @@ class Exporter(ABC):
         return package_versions(["edgedet", "torch", "numpy", "opencv-python-headless",
                                  *cls.requires.values()])
 
+    def options(self, precision: str) -> dict[str, str]:
+        """The settings of this instance that shape ``precision``'s files or their parity figures
+        (e.g. ``int8_mode``, ``input_dtype``). They go into the export key, so changing one rebuilds
+        only the artifacts it affects, and into the manifest's ``options``. Settings that change
+        speed only (threads) stay out."""
+        return {}
+
     @abstractmethod
     def export(self, model: Any, config: ModelConfig, out_dir: Path, precision: str,
                calibration: Calibration | None) -> list[Path]:

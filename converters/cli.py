@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from converters.base import EXPORTERS, ConvertError
-from converters.pipeline import DEFAULT_CALIBRATION_COUNT, DEFAULT_VERIFY_IMAGES, convert
+from converters.pipeline import DEFAULT_CALIBRATION_COUNT, DEFAULT_VERIFY_IMAGES, INT8_MODES, convert
 from edgedet.config import VARIANTS
 from edgedet.manifest import PRECISIONS
 
@@ -30,12 +30,29 @@ examples:
   edgedet-convert --variants d1 --weights runs/d1/best.pth --num-classes 3 --labels labels.txt \\
       --calibration street.mp4 --calibration-count 200 --out models
 
+  # a checkpoint from edgedet-train: its class names and training size are used as they are
+  edgedet-convert --variants lite0 --weights runs/lite0/best.pth --formats onnx,tflite \\
+      --calibration data/train
+
+  # fully quantized INT8 with uint8 input for an integer-only accelerator (TFLite)
+  edgedet-convert --variants lite0 --formats tflite --precisions int8 --int8-mode full \\
+      --tflite-input-dtype uint8 --calibration ~/frames/
+
 output:
   <out>/<variant>/<backend>-<precision>/ holds the model file(s) and manifest.json, e.g.
   exports/d0/onnxruntime-int8/model.onnx. A rerun skips artifacts whose inputs are unchanged and
   whose files still match their hashes (--force rebuilds). An artifact below its parity thresholds
   is kept as <backend>-<precision>.failed/ and makes the command exit with status 1.
 """
+
+
+def _image_size(text: str) -> int | str:
+    if text == "native":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'native', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--num-classes", type=int, metavar="N",
                      help="classes of the model (default: the checkpoint's; 90 for random weights)")
     src.add_argument("--labels", type=Path, metavar="FILE",
-                     help="text file with one class name per line (default: class_0, class_1, ...)")
+                     help="text file with one class name per line (default: the class names stored by "
+                          "edgedet-train, else class_0, class_1, ...)")
+    src.add_argument("--image-size", type=_image_size, metavar="PX",
+                     help="input side, a multiple of 32, or 'native' (default: the size the checkpoint "
+                          "was trained at by edgedet-train, else the variant's native size)")
+
+    q = parser.add_argument_group("quantization")
+    q.add_argument("--int8-mode", choices=INT8_MODES,
+                   help="'full': every layer in INT8; 'accuracy-aware': the layers whose quantization "
+                        "hurts most stay float until the outputs agree with FP32 to a target "
+                        "(recorded in the manifest's float_layers). Default: each format's own "
+                        "(openvino, onnx: accuracy-aware; tflite: full)")
+    q.add_argument("--tflite-input-dtype", choices=("float32", "int8", "uint8"),
+                   help="input of TFLite INT8 models (default: float32, quantized inside the graph; "
+                        "int8/uint8 for integer-only accelerators)")
 
     cal = parser.add_argument_group("calibration and verification")
     cal.add_argument("--calibration", metavar="SOURCE",
@@ -107,12 +138,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                       if line.strip()]
         except OSError as exc:
             parser.error(f"cannot read --labels {args.labels}: {exc}")
+    options = {}
+    if args.tflite_input_dtype:
+        if "tflite" not in [f.strip() for f in args.formats.split(",")]:
+            parser.error("--tflite-input-dtype needs tflite in --formats")
+        options["tflite"] = {"input_dtype": args.tflite_input_dtype}
     try:
         report = convert(
             args.variants, args.formats, args.precisions, args.weights, args.out,
             calibration=args.calibration, calibration_count=args.calibration_count,
             allow_random=args.allow_random, force=args.force, num_classes=args.num_classes,
-            labels=labels, seed=args.seed, verify_images=args.verify_images,
+            labels=labels, image_size=args.image_size, seed=args.seed, verify_images=args.verify_images,
+            int8_mode=args.int8_mode, exporter_options=options,
             progress=not args.quiet and sys.stderr.isatty(),
         )
     except ConvertError as exc:

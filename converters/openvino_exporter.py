@@ -34,7 +34,7 @@ CPU inference precision of :data:`OpenVinoExporter.verify_precisions`: every pre
 ``INFERENCE_PRECISION_HINT=f32``, which is what the runtime backend uses (at the plug-in's default,
 bf16 on CPUs with AVX-512 BF16, FP32 IR misses the FP32 parity limits and FP16 the FP16 ones), so
 an artifact is verified at the precision it is served at. What each precision ran at is recorded in
-the manifest's ``tools`` (``openvino-inference-precision``), and the accuracy-aware search measures
+the manifest's ``options`` (``inference_precision``), and the accuracy-aware search measures
 agreement at that same precision.
 """
 from __future__ import annotations
@@ -149,8 +149,10 @@ class OpenVinoExporter(Exporter):
 
     Args:
         threads: inference threads for the parity check (default: the plug-in's choice).
-        accuracy_target: the agreement INT8 must reach, layers being left in float until it does
-            (see the module doc); ``None`` makes a fully quantized INT8 model.
+        accuracy_aware: leave the layers whose quantization hurts most in float until INT8 reaches
+            ``accuracy_target`` (default; see the module doc); ``False`` makes a fully quantized
+            INT8 model.
+        accuracy_target: the agreement accuracy-aware INT8 must reach; ``None`` = fully quantized.
         preset: NNCF quantization preset, ``"mixed"`` (default) or ``"performance"``.
     """
 
@@ -163,29 +165,27 @@ class OpenVinoExporter(Exporter):
     #: ``INFERENCE_PRECISION_HINT`` each precision is verified with; ``None`` = the plug-in's default.
     verify_precisions: dict[str, str | None] = {"fp32": "f32", "fp16": "f32", "int8": "f32"}
 
-    def __init__(self, *, threads: int | None = None,
+    def __init__(self, *, threads: int | None = None, accuracy_aware: bool = True,
                  accuracy_target: AccuracyTarget | None = AccuracyTarget(),
                  preset: str = "mixed") -> None:
         if preset not in ("mixed", "performance"):
             raise ValueError(f"preset must be 'mixed' or 'performance', not {preset!r}")
         self.threads = threads
-        self.accuracy_target = accuracy_target
+        self.accuracy_target = accuracy_target if accuracy_aware else None
         self.preset = preset
         self._cache_key: tuple[int, str] | None = None
         self._cache: Any = None  # the FP32 ov.Model
 
-    def tool_versions(self) -> dict[str, str]:  # type: ignore[override]
-        """Package versions, plus the settings that shape the output or its parity figures: the
-        CPU inference precision each precision is verified at, and the INT8 recipe. (Part of the
-        export key, so changing an option rebuilds.)"""
-        tools = super().tool_versions()
-        default = _plugin_default_precision()
-        tools["openvino-inference-precision"] = ",".join(
-            f"{p}={self.verify_precisions[p] or default}" for p in self.precisions)
-        target = self.accuracy_target
-        tools["edgedet-openvino-int8"] = (f"nncf preset={self.preset}; "
-                                          + (f"accuracy-aware {target.describe()}" if target else "full"))
-        return tools
+    def options(self, precision: str) -> dict[str, str]:
+        """The CPU inference precision the artifact is verified (and served) at, and for INT8 the
+        NNCF recipe: preset and full or accuracy-aware with its target."""
+        opts = {"inference_precision": self.verify_precisions[precision] or _plugin_default_precision()}
+        if precision == "int8":
+            target = self.accuracy_target
+            opts.update(preset=self.preset, int8_mode="accuracy-aware" if target else "full")
+            if target:
+                opts["accuracy_target"] = target.describe()
+        return opts
 
     # ------------------------------------------------------------------------------ export
 

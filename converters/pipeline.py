@@ -218,9 +218,12 @@ def convert(
     force: bool = False,
     num_classes: int | None = None,
     labels: Sequence[str] | None = None,
+    image_size: int | str | None = None,
     seed: int = 0,
     verify_images: int = DEFAULT_VERIFY_IMAGES,
     thresholds: Mapping[str, Mapping[str, tuple[str, float]]] | None = None,
+    int8_mode: str | None = None,
+    exporter_options: Mapping[str, Mapping[str, Any]] | None = None,
     exporters: Mapping[str, Exporter] | None = None,
     progress: bool = False,
 ) -> ConvertReport:
@@ -239,11 +242,20 @@ def convert(
         allow_random: permit random weights (recorded in each manifest).
         force: rebuild artifacts that are already up to date.
         num_classes: class count; default: the checkpoint's, or 90 for random weights.
-        labels: one name per class; default ``class_0``, ``class_1``...
+        labels: one name per class; default: the class names an edgedet training run stored in
+            the checkpoint, else ``class_0``, ``class_1``...
+        image_size: input side (a multiple of 32) the artifacts are made for, or ``"native"``
+            (each variant's own); default: the size an edgedet training run recorded in the
+            checkpoint (a model trained at 256 detects best at 256), else the native size.
         seed: seed of random weights.
         verify_images: held-out images for the parity check.
         thresholds: parity thresholds per precision; default :data:`converters.verify.THRESHOLDS`,
             or :data:`~converters.verify.RANDOM_WEIGHT_THRESHOLDS` for random weights.
+        int8_mode: ``"full"`` (every layer INT8) or ``"accuracy-aware"`` (the layers whose
+            quantization hurts most stay float until agreement with FP32 reaches a target), for
+            every format; default: each exporter's own default.
+        exporter_options: keyword arguments for each format's exporter, e.g.
+            ``{"tflite": {"input_dtype": "uint8"}}`` (see each exporter class).
         exporters: exporter instances to use instead of the registered ones, by format name.
         progress: show a tqdm progress bar over the artifacts.
 
@@ -256,7 +268,8 @@ def convert(
     started = time.perf_counter()
     plan = _plan(variants, formats, precisions, weights, out_dir, calibration=calibration,
                  calibration_count=calibration_count, allow_random=allow_random, force=force,
-                 num_classes=num_classes, labels=labels, seed=seed, exporters=exporters)
+                 num_classes=num_classes, labels=labels, seed=seed, exporters=exporters,
+                 image_size=image_size, int8_mode=int8_mode, exporter_options=exporter_options)
     results: list[ArtifactResult] = []
     bar = progress_bar(len(plan.jobs), unit="artifact", enabled=progress)
     try:
@@ -280,13 +293,18 @@ class _Plan:
     weights: dict[str, ResolvedWeights]
     num_classes: dict[str, int]
     labels: dict[str, tuple[str, ...]]
+    image_sizes: dict[str, int]
     calibration: calib.Calibration | None
     holdout: calib.FrameSource
     out_dir: Path
 
 
+INT8_MODES = ("full", "accuracy-aware")
+
+
 def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calibration_count,
-          allow_random, force, num_classes, labels, seed, exporters) -> _Plan:
+          allow_random, force, num_classes, labels, seed, exporters, image_size=None, int8_mode=None,
+          exporter_options=None) -> _Plan:
     names = parse_variants(variants)
     format_names = parse_list(formats)
     if not format_names:
@@ -298,11 +316,29 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
     if unknown:
         raise ConvertError(f"unknown precision {unknown[0]!r}; valid: {', '.join(PRECISIONS)}")
 
+    if int8_mode is not None and int8_mode not in INT8_MODES:
+        raise ConvertError(f"unknown int8 mode {int8_mode!r}; valid: {', '.join(INT8_MODES)}")
+    if image_size is not None and image_size != "native" and (
+            isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32):
+        raise ConvertError(f"image size must be 'native' or a positive multiple of 32, got {image_size!r}")
+    stray = sorted(set(exporter_options or {}) - set(format_names))
+    if stray:
+        raise ConvertError(f"options given for {', '.join(stray)}, which is not among --formats "
+                           f"({', '.join(format_names)})")
     instances: list[Exporter] = []
     for name in format_names:
         exporter = (exporters or {}).get(name)
         if exporter is None:
-            exporter = get_exporter(name)()
+            cls = get_exporter(name)
+            kwargs = dict((exporter_options or {}).get(name, {}))
+            if int8_mode is not None and "int8" in cls.precisions:
+                kwargs.setdefault("accuracy_aware", int8_mode == "accuracy-aware")
+            try:
+                exporter = cls(**kwargs)
+            except TypeError as exc:
+                raise ConvertError(f"bad options for format {name}: {exc}") from None
+            except ValueError as exc:
+                raise ConvertError(f"{name}: {exc}") from None
         instances.append(exporter)
         unsupported = [p for p in precision_names if p not in exporter.precisions]
         if unsupported:
@@ -350,10 +386,19 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
             _check_fit(variant, n, w)
         resolved[variant], classes[variant] = w, n
     label_sets = {}
+    sizes = {}
     for variant in names:
         n = classes[variant]
+        native = get_config(variant).image_size
+        sizes[variant] = (native if image_size == "native" else
+                          image_size or resolved[variant].trained_image_size or native)
+        if sizes[variant] % 32:
+            raise ConvertError(f"{variant}: the checkpoint was trained at {sizes[variant]} px, not a "
+                               f"multiple of 32; pass --image-size")
         if labels is None:
-            label_sets[variant] = tuple(f"class_{i}" for i in range(n))
+            names_in_checkpoint = resolved[variant].class_names
+            label_sets[variant] = (names_in_checkpoint if names_in_checkpoint and len(names_in_checkpoint) == n
+                                   else tuple(f"class_{i}" for i in range(n)))
         else:
             if len(labels) != n:
                 raise ConvertError(f"{len(labels)} labels given but {variant} has {n} classes")
@@ -369,7 +414,6 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
 
     jobs = []
     for variant in names:
-        config = get_config(variant)
         for exporter in instances:
             for precision in exporter.precisions:  # build order: fp32 first (its graph is reused)
                 if precision not in precision_names:
@@ -378,15 +422,15 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
                 key = export_key(
                     pipeline=PIPELINE_REVISION,
                     exporter=f"{type(exporter).__module__}.{type(exporter).__qualname__}:r{exporter.revision}",
-                    variant=variant, image_size=config.image_size, num_classes=classes[variant],
+                    variant=variant, image_size=sizes[variant], num_classes=classes[variant],
                     labels=label_sets[variant], weights=resolved[variant].key,
                     backend=exporter.backend, precision=precision,
                     calibration=calibration_set.key if calibrated and calibration_set else None,
-                    tools=exporter.tool_versions(),
+                    tools=exporter.tool_versions(), options=exporter.options(precision),
                 )
                 jobs.append(_Job(variant, exporter, precision, key,
                                  artifact_dir(root, variant, exporter.backend, precision), calibrated))
-    return _Plan(names, instances, jobs, resolved, classes, label_sets, calibration_set, holdout, root)
+    return _Plan(names, instances, jobs, resolved, classes, label_sets, sizes, calibration_set, holdout, root)
 
 
 def _missing(module: str) -> bool:
@@ -442,7 +486,8 @@ def _run_variant(variant: str, jobs: list[_Job], plan: _Plan, results: list[Arti
         bar.set_description(f"{variant}: building model")
         logger.info("%s: building the PyTorch model (%s weights)", variant,
                     "random" if plan.weights[variant].random else plan.weights[variant].source)
-        model = build_model(variant, plan.num_classes[variant], plan.weights[variant])
+        model = build_model(variant, plan.num_classes[variant], plan.weights[variant],
+                            image_size=plan.image_sizes[variant])
         reference = reference_outputs(
             model, plan.holdout.holdout_frames(verify_images),
             description=plan.holdout.holdout_description)
@@ -512,7 +557,7 @@ def _build(job: _Job, model: Any, reference: Reference, plan: _Plan, thresholds)
             weights=WeightsInfo(source=weights.source, sha256=weights.sha256, random=weights.random),
             calibration=plan.calibration.info if job.calibrated and plan.calibration else None,
             float_layers=io.float_layers, parity=parity,
-            tools=exporter.tool_versions(),
+            tools=exporter.tool_versions(), options=exporter.options(job.precision),
             created=utc_now(), export_key=job.key,
         )
         manifest.save(staging)

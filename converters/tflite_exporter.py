@@ -30,7 +30,8 @@ manifest says ``layout: NHWC``) and has the outputs ``cls_logits`` [1,N,C] and `
     :func:`_accuracy_aware_search`. The manifest's ``float_layers`` lists every compute op that
     runs in float.
 
-Options that change the file also change the export key (see :attr:`TfliteExporter.revision`).
+Options that change the file also change the export key and are recorded in the manifest's
+``options`` (see :meth:`TfliteExporter.options`).
 """
 from __future__ import annotations
 
@@ -72,7 +73,6 @@ INPUT_DTYPES = ("float32", "int8", "uint8")
 DEFAULT_ACCURACY_TARGETS: Mapping[str, float] = {"cls_cosine": 0.999, "box_cosine": 0.998}
 #: Calibration frames handed to ai-edge-quantizer per call (it materializes what it is given).
 _CALIBRATION_CHUNK = 8
-_REVISION = 1
 
 # Ops that only move, pick or convert data: a float one among them is not "a layer left in float".
 _DATA_MOVEMENT = {"RESHAPE", "TRANSPOSE", "CONCATENATION", "PAD", "PADV2", "MIRROR_PAD", "STRIDED_SLICE",
@@ -102,7 +102,7 @@ class TfliteExporter(Exporter):
     precisions = ("fp32", "fp16", "int8")
     requires = {"litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer",
                 "ai_edge_litert": "ai-edge-litert"}
-    revision = _REVISION
+    revision = 1
 
     def __init__(self, *, threads: int | None = None, input_dtype: str = "float32", float_outputs: bool = True,
                  accuracy_aware: bool = False, accuracy_targets: Mapping[str, float] | None = None,
@@ -125,20 +125,16 @@ class TfliteExporter(Exporter):
         self._cache = _Cache()
         #: What the last accuracy-aware INT8 export found (None before one ran).
         self.last_search: SearchResult | None = None
-        # The pipeline's export key holds the exporter's revision but not its options; fold the
-        # options that change the file into the revision, so another choice is not "up to date".
-        options = self.options()
-        if options != _DEFAULT_OPTIONS:
-            described = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
-            self.revision = f"{_REVISION}+{described}"  # type: ignore[misc,assignment]
 
-    def options(self) -> dict[str, Any]:
-        """The options that shape INT8 files (what goes into the export key)."""
-        opts: dict[str, Any] = {"input_dtype": self.input_dtype, "float_outputs": self.float_outputs,
-                                "accuracy_aware": self.accuracy_aware}
+    def options(self, precision: str) -> dict[str, str]:
+        """The options that shape INT8 files (FP32 and FP16 have none)."""
+        if precision != "int8":
+            return {}
+        opts = {"input_dtype": self.input_dtype, "float_outputs": str(self.float_outputs).lower(),
+                "int8_mode": "accuracy-aware" if self.accuracy_aware else "full"}
         if self.accuracy_aware:
-            opts["targets"] = ";".join(f"{k}>={v:g}" for k, v in sorted(self.accuracy_targets.items()))
-            opts["search_images"] = self.search_images
+            opts["accuracy_targets"] = ",".join(f"{k}>={v:g}" for k, v in sorted(self.accuracy_targets.items()))
+            opts["search_images"] = str(self.search_images)
         return opts
 
     def with_options(self, **changes: Any) -> TfliteExporter:
@@ -209,8 +205,6 @@ class TfliteExporter(Exporter):
 
 
 # ---------------------------------------------------------------------------------- internals
-
-_DEFAULT_OPTIONS = {"input_dtype": "float32", "float_outputs": True, "accuracy_aware": False}
 
 
 @dataclass

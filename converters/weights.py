@@ -70,6 +70,9 @@ class ResolvedWeights:
     sha256: str | None = None  # of the checkpoint file
     seed: int = 0
     num_classes: int | None = None  # from the checkpoint's class head
+    #: What an edgedet training run recorded with the checkpoint (None for plain state_dicts).
+    trained_image_size: int | None = None
+    class_names: tuple[str, ...] | None = None
 
     @property
     def key(self) -> str:
@@ -105,9 +108,18 @@ def resolve_weights(spec: str, variant: str, *, allow_random: bool, seed: int = 
     except Exception as exc:  # DownloadError and friends: same message shape
         raise WeightsError(f"weights {spec!r} for {variant}: {type(exc).__name__}: {exc}") from exc
     num_classes = _num_classes(state, variant)
+    meta = ckpt.load_metadata(path)
+    if meta.get("variant") and meta["variant"] != variant:
+        raise WeightsError(f"weights {spec!r} hold a {meta['variant']} model, not {variant}; pass "
+                           f"--variants {meta['variant']}")
+    size = meta.get("image_size")
+    names = meta.get("class_names")
+    if names is not None and (num_classes is None or len(names) != num_classes):
+        names = None  # metadata that disagrees with the weights is not trusted
     recorded = ckpt.default_checkpoint(variant).url if spec == PUBLISHED else os.fspath(spec)
     return ResolvedWeights(source=recorded, random=False, path=Path(path), sha256=sha256_file(path),
-                           num_classes=num_classes)
+                           num_classes=num_classes, trained_image_size=int(size) if size else None,
+                           class_names=tuple(str(n) for n in names) if names else None)
 
 
 def _num_classes(state: dict, variant: str) -> int | None:
@@ -126,18 +138,20 @@ def _num_classes(state: dict, variant: str) -> int | None:
 _RANDOM_STATES: dict[tuple, dict] = {}
 
 
-def build_model(variant: str, num_classes: int, weights: ResolvedWeights) -> "EfficientDet":
-    """The eval-mode model of ``variant`` with ``weights`` loaded, fusion weights folded."""
+def build_model(variant: str, num_classes: int, weights: ResolvedWeights,
+                image_size: int | None = None) -> "EfficientDet":
+    """The eval-mode model of ``variant`` with ``weights`` loaded, fusion weights folded, built for
+    ``image_size`` inputs (default: the variant's native size)."""
     import torch
 
     from edgedet.model import create_model
     from edgedet.model.checkpoint import CheckpointError, load_checkpoint
 
     if weights.random:
-        key = (variant, num_classes, weights.seed, RANDOM_RECIPE_VERSION)
+        key = (variant, num_classes, weights.seed, RANDOM_RECIPE_VERSION, image_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(weights.seed)
-            model = create_model(variant, num_classes)
+            model = create_model(variant, num_classes, image_size=image_size)
         if key in _RANDOM_STATES:
             model.load_state_dict(_RANDOM_STATES[key])
         else:
@@ -146,7 +160,7 @@ def build_model(variant: str, num_classes: int, weights: ResolvedWeights) -> "Ef
             while len(_RANDOM_STATES) > 4:
                 _RANDOM_STATES.pop(next(iter(_RANDOM_STATES)))
     else:
-        model = create_model(variant, num_classes)
+        model = create_model(variant, num_classes, image_size=image_size)
         try:
             load_checkpoint(model, weights.path)
         except CheckpointError as exc:

@@ -26,7 +26,7 @@ Schema (version 1); every field is required unless marked *nullable*:
                     and ``box_regression`` [B,N,4] (each exactly once)
 ``anchors``         ``min_level``, ``max_level``, ``num_scales``, ``aspect_ratios`` (list of
                     ``[w, h]`` factors), ``anchor_scale``, ``image_size``: enough to rebuild the anchors
-``backend``         ``onnxruntime`` / ``openvino`` / ``tflite``; ``precision`` ``fp32``/``fp16``/``int8``
+``backend``         ``onnxruntime`` / ``openvino`` / ``tflite`` / ``torch``; ``precision`` ``fp32``/``fp16``/``int8``
 ``files``           ``{relative file name: sha256}``: the model file first (``.onnx``, ``.xml`` +
                     ``.bin``, ``.tflite``)
 ``weights``         ``{source, sha256 (nullable), random}``: where the weights came from
@@ -34,6 +34,8 @@ Schema (version 1); every field is required unless marked *nullable*:
 ``float_layers``    names of the layers left in floating point in a quantized graph (list of str)
 ``parity``          figures measured against PyTorch FP32 at export (``{name: number|str|bool}``)
 ``tools``           ``{package: version}`` of the exporting toolchain
+``options``         ``{name: value}`` (strings) of the exporter settings that shaped the artifact, e.g.
+                    ``int8_mode``, ``input_dtype`` (optional on read: ``{}`` when absent)
 ``created``         ISO 8601 UTC timestamp
 ``export_key``      hash of everything that determined the artifact: a rerun with the same key skips it
 ==================  =================================================================================
@@ -87,7 +89,7 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
 MANIFEST_NAME = "manifest.json"
 
-BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tflite")
+BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tflite", "torch")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC")
 DTYPES: tuple[str, ...] = ("float32", "float16", "uint8", "int8")
@@ -96,7 +98,7 @@ COLORS: tuple[str, ...] = ("RGB",)
 FAMILIES: tuple[str, ...] = ("d", "lite")
 #: The suffix of the file a backend loads (the first entry of ``files``). OpenVINO's ``.bin``
 #: weights sit beside the ``.xml`` and are listed in ``files`` too.
-MODEL_SUFFIXES: dict[str, str] = {"onnxruntime": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
+MODEL_SUFFIXES: dict[str, str] = {"onnxruntime": ".onnx", "openvino": ".xml", "tflite": ".tflite", "torch": ".pt"}
 
 _REEXPORT = "re-export the artifact with edgedet-convert"
 
@@ -216,7 +218,7 @@ class CalibrationInfo:
 class Manifest:
     """One artifact: a variant exported for one backend at one precision. See the module doc.
 
-    The mapping fields (``files``, ``parity``, ``tools``) are plain dicts: treat them as read-only.
+    The mapping fields (``files``, ``parity``, ``tools``, ``options``) are plain dicts: treat them as read-only.
     """
 
     variant: str
@@ -235,6 +237,7 @@ class Manifest:
     float_layers: tuple[str, ...] = ()
     parity: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
     created: str = ""
     export_key: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -506,8 +509,8 @@ class _Reader:
                         f"got {items!r}")
         return tuple(items)
 
-    def str_map(self, key: str, *, nullable: bool = False) -> dict[str, str] | None:
-        value = self.get(key, nullable=nullable)
+    def str_map(self, key: str, *, nullable: bool = False, default: Any = ...) -> dict[str, str] | None:
+        value = self.get(key, nullable=nullable, default=default)
         if value is None:
             return None
         if not isinstance(value, Mapping) or not all(
@@ -611,7 +614,8 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
         labels=top.str_list("labels"), input=input_spec, outputs=tuple(outputs), anchors=anchors,
         backend=top.text("backend", choices=BACKENDS), precision=top.text("precision", choices=PRECISIONS),
         files=files, weights=weights, calibration=calibration, float_layers=top.str_list("float_layers"),
-        parity=dict(parity), tools=top.str_map("tools") or {}, created=created, export_key=key,
+        parity=dict(parity), tools=top.str_map("tools") or {},
+        options=top.str_map("options", default={}) or {}, created=created, export_key=key,
     )
     try:
         return Manifest(**fields)

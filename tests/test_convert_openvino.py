@@ -133,12 +133,13 @@ def test_manifest_describes_the_artifact(exported, variant, precision):
     assert manifest.tools["openvino"] == importlib.metadata.version("openvino")
     assert manifest.tools["nncf"] == importlib.metadata.version("nncf")
     # Every precision is verified at f32, the precision the runtime backend serves it at.
-    assert manifest.tools["openvino-inference-precision"] == "fp32=f32,fp16=f32,int8=f32"
+    assert manifest.options["inference_precision"] == "f32"
     if precision == "int8":
         assert manifest.calibration is not None and manifest.calibration.count == 8
         ops = {op.get_type_name() for op in model.get_ordered_ops()}
         assert "FakeQuantize" in ops
-        assert "accuracy-aware" in manifest.tools["edgedet-openvino-int8"]
+        assert manifest.options["int8_mode"] == "accuracy-aware"
+        assert manifest.options["accuracy_target"].startswith("cls_cosine>=")
     else:
         assert manifest.calibration is None and manifest.float_layers == ()
     result = results[(variant, precision)]
@@ -298,6 +299,7 @@ def test_options_are_part_of_the_export_key(exported):
     assert planned(OpenVinoExporter(accuracy_target=LOOSE)) == key
     assert planned(OpenVinoExporter(accuracy_target=AccuracyTarget())) != key
     assert planned(OpenVinoExporter(accuracy_target=None)) != key
+    assert planned(OpenVinoExporter(accuracy_aware=False)) == planned(OpenVinoExporter(accuracy_target=None))
     assert planned(OpenVinoExporter(accuracy_target=LOOSE, preset="performance")) != key
 
 
@@ -317,3 +319,13 @@ def test_registered_for_the_cli():
     assert registered["openvino"] is OpenVinoExporter
     assert OpenVinoExporter.backend == "openvino" and OpenVinoExporter.precisions == PRECISIONS
     assert "openvino" in build_parser().format_help()
+
+
+def test_runtime_without_torch(exported):
+    """Selection and detection with these openvino artifacts where torch cannot be imported."""
+    from no_torch import run_without_torch
+
+    summary = run_without_torch(exported[0], "openvino")
+    assert summary["backend"] == "openvino" and summary["rows"] == 6  # lite0 + d0, 3 precisions each
+    assert summary["served_variant"] == "lite0" and summary["served_boxes_shape"][1] == 4
+    assert summary["served_boxes_inside"] and not summary["torch_loaded"]

@@ -383,3 +383,13 @@ def test_export_rewrites_keep_pytorch_semantics(tmp_path):
     assert np.abs(outputs["f"] - exact).max() < 2e-6
     ops = [op["op_name"] for op in backend.interpreter._get_ops_details()]
     assert "RESIZE_NEAREST_NEIGHBOR" in ops and ops.count("MEAN") == 2  # one per axis (e and f shared)
+
+
+def test_runtime_without_torch(exported):
+    """Selection and detection with these tflite artifacts where torch cannot be imported."""
+    from no_torch import run_without_torch
+
+    summary = run_without_torch(exported[0], "tflite")
+    assert summary["backend"] == "tflite" and summary["rows"] == 6  # lite0 + d0, 3 precisions each
+    assert summary["served_variant"] == "lite0" and summary["served_boxes_shape"][1] == 4
+    assert summary["served_boxes_inside"] and not summary["torch_loaded"]

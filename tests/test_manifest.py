@@ -90,8 +90,17 @@ def test_round_trip(artifact):
     assert data["calibration"] is None and data["input"]["quantization"] is None
     for name in ("variant", "family", "phi", "num_classes", "labels", "input", "outputs", "anchors",
                  "backend", "precision", "files", "weights", "calibration", "float_layers", "parity",
-                 "tools", "created", "export_key"):
+                 "tools", "options", "created", "export_key"):
         assert name in data, name
+
+
+def test_options_are_optional_on_read(tmp_path):
+    """Manifests written before ``options`` existed still load (as no options)."""
+    make_manifest(tmp_path, "lite0").save(tmp_path)
+    data = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    del data["options"]
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    assert Manifest.load(tmp_path).options == {}
 
 
 def test_round_trip_int8_with_quantized_io(tmp_path):
@@ -199,6 +208,7 @@ def mutate(data: dict, path: str, value=..., delete: bool = False) -> dict:
     ("weights.sha256", "xyz", False, r"'weights.sha256' must be a hex sha256 or null"),
     ("parity", [], False, r"'parity' must be an object"),
     ("tools", {"onnx": 1}, False, r"'tools' must be an object of string values"),
+    ("options", {"int8_mode": True}, False, r"'options' must be an object of string values"),
     ("created", "yesterday", False, r"'created' must be an ISO 8601 time"),
     ("export_key", "", False, r"'export_key' must be a hex sha256"),
     ("precision", "int8", False, r"'calibration' must be set for an int8 artifact"),

@@ -1,0 +1,91 @@
+"""The pipeline's request handling: what a checkpoint from edgedet-train brings (class names,
+training size), export options (int8 mode, per-format options) and their checks. Exports go
+through the small PyTorch reference format, so these run in seconds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from converters import convert
+from converters.base import ConvertError
+from converters.cli import main
+from edgedet.manifest import Manifest
+from edgedet.model import create_model
+from edgedet.model.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A lite0 checkpoint as edgedet-train writes it: 3 classes, trained at 256 px."""
+    torch.manual_seed(0)
+    model = create_model("lite0", 3, image_size=256)
+    path = tmp_path_factory.mktemp("trained") / "best.pth"
+    save_checkpoint(model, path, metadata={"variant": "lite0", "image_size": 256, "num_classes": 3,
+                                           "class_names": ["circle", "square", "triangle"]})
+    return path
+
+
+def test_training_size_and_class_names_are_used(trained, tmp_path):
+    report = convert("lite0", formats="torch", precisions="fp32", weights=str(trained), out_dir=tmp_path)
+    assert report.ok, report.table()
+    manifest = Manifest.load(tmp_path / "lite0" / "torch-fp32")
+    assert manifest.input.shape == (1, 3, 256, 256) and manifest.anchors.image_size == 256
+    assert manifest.labels == ("circle", "square", "triangle") and manifest.num_classes == 3
+
+
+def test_explicit_size_and_labels_win(trained, tmp_path):
+    report = convert("lite0", formats="torch", precisions="fp32", weights=str(trained), out_dir=tmp_path,
+                     image_size=320, labels=["a", "b", "c"])
+    assert report.ok, report.table()
+    manifest = Manifest.load(tmp_path / "lite0" / "torch-fp32")
+    assert manifest.input.shape == (1, 3, 320, 320) and manifest.labels == ("a", "b", "c")
+    # another size is another artifact: the rerun at 256 rebuilds rather than skipping
+    again = convert("lite0", formats="torch", precisions="fp32", weights=str(trained), out_dir=tmp_path)
+    assert [r.status for r in again.results] == ["built"]
+    native = convert("lite0", formats="torch", precisions="fp32", weights=str(trained), out_dir=tmp_path,
+                     image_size="native")
+    assert native.ok and Manifest.load(tmp_path / "lite0" / "torch-fp32").input.shape == (1, 3, 320, 320)
+
+
+def test_checkpoint_of_another_variant_is_refused(trained, tmp_path):
+    with pytest.raises(ConvertError, match="hold a lite0 model, not d0"):
+        convert("d0", formats="torch", precisions="fp32", weights=str(trained), out_dir=tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(image_size=300), "multiple of 32"),
+    (dict(int8_mode="half"), "unknown int8 mode 'half'"),
+    (dict(exporter_options={"tflite": {"input_dtype": "uint8"}}), "not among --formats"),
+    (dict(exporter_options={"torch": {"colour": "blue"}}), "bad options for format torch"),
+])
+def test_bad_requests_fail_before_any_work(trained, tmp_path, kwargs, message):
+    with pytest.raises(ConvertError, match=message):
+        convert("lite0", formats="torch", precisions="fp32", weights=str(trained), out_dir=tmp_path / "x",
+                **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+def test_int8_mode_reaches_the_exporters():
+    from converters.pipeline import _plan
+
+    def options(mode):
+        plan = _plan("lite0", "openvino,tflite", "int8", "random", "unused", calibration="synthetic",
+                     calibration_count=8, allow_random=True, force=False, num_classes=None, labels=None,
+                     seed=0, exporters=None, int8_mode=mode,
+                     exporter_options={"tflite": {"input_dtype": "uint8"}})
+        return {j.exporter.name: (j.exporter.options("int8"), j.key) for j in plan.jobs}
+
+    full, aware = options("full"), options("accuracy-aware")
+    for name in ("openvino", "tflite"):
+        assert full[name][0]["int8_mode"] == "full" and aware[name][0]["int8_mode"] == "accuracy-aware"
+        assert full[name][1] != aware[name][1]  # the mode is part of the export key
+    assert full["tflite"][0]["input_dtype"] == "uint8"
+
+
+def test_cli_options(trained, tmp_path, capsys):
+    assert main(["--variants", "lite0", "--formats", "torch", "--precisions", "fp32", "--weights", str(trained),
+                 "--image-size", "192", "--out", str(tmp_path), "-q"]) == 0
+    assert Manifest.load(tmp_path / "lite0" / "torch-fp32").input.shape == (1, 3, 192, 192)
+    with pytest.raises(SystemExit):
+        main(["--variants", "lite0", "--formats", "onnx", "--tflite-input-dtype", "uint8"])
+    assert "needs tflite in --formats" in capsys.readouterr().err
