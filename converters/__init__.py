@@ -1,4 +1,4 @@
-"""The conversion pipeline: PyTorch EfficientDet → ONNX / OpenVINO / TFLite artifacts, quantized,
+"""The conversion pipeline: PyTorch EfficientDet → ONNX / OpenVINO / TFLite (and PyTorch reference) artifacts, quantized,
 verified against PyTorch, each with a manifest (:mod:`edgedet.manifest`).
 
 Python API::
@@ -16,8 +16,8 @@ from converters.base import EXPORTERS, ArtifactIO, ConvertError, Exporter, get_e
 from converters.calibration import Calibration, CalibrationError, open_source
 from converters.onnx_exporter import OnnxExporter
 from converters.openvino_exporter import OpenVinoExporter
-from converters.openvino_exporter import OpenVinoExporter
 from converters.tflite_exporter import TfliteExporter
+from converters.torch_exporter import TorchExporter
 from converters.pipeline import ArtifactResult, ConvertReport, convert, parse_variants
 from converters.weights import WeightsError
 
@@ -33,6 +33,7 @@ __all__ = [
     "OnnxExporter",
     "OpenVinoExporter",
     "TfliteExporter",
+    "TorchExporter",
     "WeightsError",
     "convert",
     "get_exporter",

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgedet.anchors import generate_anchors
 from edgedet.config import get_config
-from edgedet.backends import Backend, BackendError, available_backends, load_backend, runtime_version
+from edgedet.backends import BACKENDS, Backend, BackendError, available_backends, load_backend, runtime_version
 from edgedet.detections import Detections
 from edgedet.hub import cache_dir
 from edgedet.manifest import MANIFEST_NAME, Manifest, ManifestError
@@ -39,7 +39,7 @@ MODELS_ENV = "EDGEDET_MODELS"
 #: More accurate first: the order in which precisions of the same φ are preferred.
 PRECISION_RANK = {"fp32": 0, "fp16": 1, "int8": 2}
 #: When no budget forces a measurement, the runtime tried first.
-BACKEND_PREFERENCE = ("onnxruntime", "openvino", "tflite")
+BACKEND_PREFERENCE = ("onnxruntime", "openvino", "tflite", "torch")
 TYPICAL_FRAME = (1280, 720)  # width, height: an HD camera
 
 
@@ -117,7 +117,9 @@ class Pipeline:
         self._cls, self._box = m.output("cls_logits"), m.output("box_regression")
         self._labels = tuple(m.labels)
 
-    def _prepare(self, frames) -> tuple[np.ndarray, list]:
+    def prepare(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list]:
+        """Frames → the artifact's input batch (letterboxed, normalized, laid out and typed as the
+        manifest says) and each frame's letterbox, which maps boxes back to it."""
         spec = self.manifest.input
         batch, boxes = preprocess(frames, spec.image_size, spec.normalization.mean, spec.normalization.std,
                                   layout=spec.layout, rgb=self.rgb, dtype=self._input_dtype)
@@ -126,7 +128,7 @@ class Pipeline:
         return batch, boxes
 
     def __call__(self, frames) -> list[Detections]:
-        batch, letterboxes = self._prepare(frames)
+        batch, letterboxes = self.prepare(frames)
         outputs = self.backend.run(batch)
         cls_all = dequantize(outputs[self._cls.name], self._cls.quantization)
         box_all = dequantize(outputs[self._box.name], self._box.quantization)
@@ -175,12 +177,13 @@ class Detector:
         variant: serve this variant (``"d2"``, ``"lite0"``...) instead of choosing by budget.
         models: directory of exported artifacts, or a bundle file (``python -m edgedet.bundle
             pack``), unpacked and verified into the cache once (default :func:`default_models_dir`).
-        backend: ``"auto"`` or one of ``"onnxruntime"``, ``"openvino"``, ``"tflite"``.
+        backend: ``"auto"`` (any of ``"onnxruntime"``, ``"openvino"``, ``"tflite"``) or one of
+            them, or ``"torch"`` (the PyTorch reference: only when named; needs torch).
         precision: ``"auto"`` or one of ``"fp32"``, ``"fp16"``, ``"int8"``.
         threads: inference threads (None: the runtime's default).
         percentile: which latency percentile must meet the budget (50, 90 or 99).
         frame_size: (width, height) of the frames you will send; letterboxing cost depends on it.
-        device: runtime device: ``"cpu"``; ``"cuda"``/``"tensorrt"`` for onnxruntime;
+        device: runtime device: ``"cpu"``; ``"cuda"``/``"tensorrt"`` for onnxruntime, ``"cuda"`` for torch;
             ``"gpu"``/``"npu"``/``"auto"`` for OpenVINO.
         on_miss: ``"error"`` raises :class:`BudgetError` when nothing fits; ``"smallest"`` serves the
             fastest artifact with a warning.
@@ -241,6 +244,11 @@ class Detector:
     # ------------------------------------------------------------------------------- public
 
     @property
+    def pipeline(self) -> Pipeline:
+        """The loaded artifact with its pre/post-processing (its ``backend``, ``prepare()``...)."""
+        return self._pipeline
+
+    @property
     def variant(self) -> str:
         return self.artifact.manifest.variant
 
@@ -295,9 +303,11 @@ class Detector:
                                    f"set models= or ${MODELS_ENV}); {how}")
         runtimes = available_backends()
         if backend != "auto":
-            if backend not in runtimes:
+            if backend not in BACKENDS:
+                raise BackendError(f"unknown backend {backend!r}; choose 'auto' or one of {', '.join(BACKENDS)}")
+            if not available_backends([backend]):
                 raise BackendError(f"backend {backend!r} is not usable here (installed runtimes: {runtimes}); "
-                                   f"install it, e.g. pip install 'edgedet[{_extra(backend)}]'")
+                                   f"install it: {_install_hint(backend)}")
             runtimes = [backend]
         kept = [a for a in artifacts
                 if a.manifest.backend in runtimes
@@ -325,7 +335,7 @@ class Detector:
     def _load(self, artifact: Artifact) -> Pipeline:
         artifact.manifest.verify_files(artifact.directory)  # never serve a file that is not the exported one
         options = {}
-        if artifact.manifest.backend in ("onnxruntime", "openvino"):
+        if artifact.manifest.backend in ("onnxruntime", "openvino", "torch"):
             options["device"] = self.device.upper() if artifact.manifest.backend == "openvino" else self.device
         if artifact.manifest.backend == "openvino" and artifact.manifest.precision == "fp32":
             options["inference_precision"] = "f32"  # as verified at export; bf16 would be a silent change
@@ -438,5 +448,7 @@ def _published_ap(variant: str) -> float:
         return 0.0
 
 
-def _extra(backend: str) -> str:
-    return {"onnxruntime": "onnx"}.get(backend, backend)
+def _install_hint(backend: str) -> str:
+    if backend == "torch":
+        return "pip install torch"
+    return f"pip install 'edgedet[{ {'onnxruntime': 'onnx'}.get(backend, backend) }]'"

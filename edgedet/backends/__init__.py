@@ -1,11 +1,13 @@
 """Inference runtimes behind one face (:class:`~edgedet.backends.base.Backend`).
 
 Each backend module imports only its own runtime, and only when asked for: a device with just
-onnxruntime installed never imports OpenVINO, TFLite or torch.
+onnxruntime installed never imports OpenVINO, TFLite or torch. ``torch`` is the reference
+backend (eager PyTorch, for workstations): it is never chosen automatically.
 """
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgedet.backends.base import Backend, BackendError, ModelLoadError, TensorSpec
@@ -15,13 +17,16 @@ BACKENDS = {
     "onnxruntime": ("edgedet.backends.onnxruntime", "OnnxRuntimeBackend"),
     "openvino": ("edgedet.backends.openvino", "OpenVinoBackend"),
     "tflite": ("edgedet.backends.tflite", "TfliteBackend"),
+    "torch": ("edgedet.backends.torch", "TorchBackend"),
 }
+#: The device runtimes: what ``backend="auto"`` chooses among (torch only when named).
+DEVICE_BACKENDS = ("onnxruntime", "openvino", "tflite")
 
 
-def available_backends() -> list[str]:
-    """Backends whose runtime imports in this environment."""
+def available_backends(names: Sequence[str] = DEVICE_BACKENDS) -> list[str]:
+    """Those of ``names`` (default: the device runtimes) whose runtime imports here."""
     found = []
-    for name in BACKENDS:
+    for name in names:
         try:
             _backend_class(name)
         except BackendError:
@@ -48,5 +53,5 @@ def load_backend(name: str, path: str | Path, *, threads: int | None = None, **o
     return _backend_class(name)(path, threads=threads, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "ModelLoadError", "TensorSpec", "available_backends",
+__all__ = ["BACKENDS", "DEVICE_BACKENDS", "Backend", "BackendError", "ModelLoadError", "TensorSpec", "available_backends",
            "load_backend", "runtime_version"]
