@@ -243,7 +243,7 @@ def _measure_artifact(p: Planned, frames: Sequence[np.ndarray], s: MatrixSetting
     detector = load_detector(artifact, device=s.device, threads=s.threads)
     try:
         row.load_seconds = round(time.perf_counter() - started, 3)
-        info = detector._pipeline.backend.describe()
+        info = detector.pipeline.backend.describe()
         row.runtime_version = str(info.get("version")) if info.get("version") is not None else None
         if info.get("inference_precision"):
             row.runtime_precision = _type_name(info["inference_precision"])

@@ -107,9 +107,9 @@ def load_detector(artifact: Artifact, *, device: str, threads: int) -> Detector:
 def time_detector(detector: Detector, frames: Sequence[np.ndarray], *, warmup: int, runs: int,
                   max_seconds: float | None = None) -> Timing:
     """Model-only (``backend.run`` on preprocessed batches) and end-to-end (``detector(frame)``)."""
-    pipeline = detector._pipeline  # the loaded Pipeline: its backend and its own preprocessing
+    pipeline = detector.pipeline  # the loaded Pipeline: its backend and its own preprocessing
     batch_size = detector.artifact.manifest.input.batch_size
-    batches = [pipeline._prepare([f] * batch_size)[0] for f in frames]
+    batches = [pipeline.prepare([f] * batch_size)[0] for f in frames]
     backend = pipeline.backend
     if batch_size == 1:
         def e2e(i: int) -> Any:

@@ -313,7 +313,7 @@ def evaluate_artifact(models: str | os.PathLike[str] | Detector, ann_file: AnnSo
     data = _load_dataset(ann_file)
     post = dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_detections=max_detections)
     if isinstance(models, Detector):
-        pipeline = Pipeline(models.artifact, models._pipeline.backend, **post)
+        pipeline = Pipeline(models.artifact, models.pipeline.backend, **post)
         artifact = models.artifact
     else:
         if variant is None:
@@ -323,7 +323,7 @@ def evaluate_artifact(models: str | os.PathLike[str] | Detector, ann_file: AnnSo
             variant = variants[0] if variants else None
         detector = Detector(variant=variant, models=models, backend=backend, precision=precision,
                             threads=threads, profile_cache=False, **post)
-        pipeline, artifact = detector._pipeline, detector.artifact
+        pipeline, artifact = detector.pipeline, detector.artifact
     fixed_batch = artifact.manifest.input.batch_size
 
     def detect(frames: list[np.ndarray]) -> list[Detections]:
