@@ -39,7 +39,6 @@ agreement at that same precision.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from converters.accuracy import AccuracyTarget, cosine, validation_frames
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
 from converters.onnx_exporter import INPUT_NAME, OUTPUT_NAMES, export_fp32, quiet
 from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec
@@ -80,46 +80,6 @@ _AGNOSTIC = {"Pad", "MaxPool", "Interpolate", "Reshape", "Transpose", "Concat", 
 
 
 # ------------------------------------------------------------------------------------ options
-
-
-@dataclass(frozen=True)
-class AccuracyTarget:
-    """Output agreement an accuracy-aware INT8 model must reach against FP32 (cosine similarity
-    of the flattened outputs over the validation frames, as :mod:`converters.verify` computes).
-
-    Defaults: the INT8 parity thresholds for trained weights (:data:`converters.verify.THRESHOLDS`).
-    """
-
-    cls_cosine: float = 0.999
-    box_cosine: float = 0.998
-    #: Held-out frames the agreement is measured on (not calibration, not the parity check's).
-    validation_images: int = 4
-    #: Frames the leave-one-out ranking runs on (the first of the validation frames).
-    ranking_images: int = 1
-    #: The search aims at this fraction of the allowed error on the validation frames, leaving
-    #: room for images it has not seen.
-    headroom: float = 0.9
-    #: Blocks of consecutive quantizers ranked first (coarse to fine, see ``_AccuracySearch``).
-    blocks: int = 16
-
-    def __post_init__(self) -> None:
-        for name in ("cls_cosine", "box_cosine"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"AccuracyTarget.{name} must be in (0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.headroom <= 1.0 or self.blocks < 1:
-            raise ValueError("AccuracyTarget needs 0 < headroom <= 1 and blocks >= 1")
-        if self.validation_images < 1 or not 1 <= self.ranking_images <= self.validation_images:
-            raise ValueError("AccuracyTarget needs validation_images >= 1 and "
-                             "1 <= ranking_images <= validation_images")
-
-    def shortfall(self, cls_cosine: float, box_cosine: float) -> float:
-        """How far from the target, in units of the allowed error: <= 1 meets it (0 = exact)."""
-        return max((1.0 - cls_cosine) / (1.0 - self.cls_cosine), (1.0 - box_cosine) / (1.0 - self.box_cosine))
-
-    def describe(self) -> str:
-        return (f"cls_cosine>={self.cls_cosine:g},box_cosine>={self.box_cosine:g},"
-                f"validation={self.validation_images},ranking={self.ranking_images},"
-                f"headroom={self.headroom:g},blocks={self.blocks}")
 
 
 @dataclass(frozen=True)
@@ -209,7 +169,7 @@ class OpenVinoExporter(Exporter):
             batches = _Batches(calibration, size, norm.mean, norm.std)
             validation = None
             if self.accuracy_target is not None:
-                frames = _validation_frames(calibration, self.accuracy_target.validation_images)
+                frames = validation_frames(calibration, self.accuracy_target.validation_images)
                 validation = [_preprocess(f, size, norm.mean, norm.std) for f in frames]
             result = quantize_int8(fp32, batches, preset=self.preset, target=self.accuracy_target,
                                    validation=validation,
@@ -389,8 +349,8 @@ class _AccuracySearch:
 
     def score(self, outputs: list[tuple[np.ndarray, np.ndarray]],
               references: list[tuple[np.ndarray, np.ndarray]]) -> float:
-        cls = _cosine([r[0] for r in references], [o[0] for o in outputs])
-        box = _cosine([r[1] for r in references], [o[1] for o in outputs])
+        cls = cosine([r[0] for r in references], [o[0] for o in outputs])
+        box = cosine([r[1] for r in references], [o[1] for o in outputs])
         return self.target.shortfall(cls, box)
 
     def emulated(self, switch: _SwitchableModel, bypassed: Sequence[int], images: int | None = None) -> float:
@@ -519,24 +479,6 @@ def _preprocess(frame: np.ndarray, size: int, mean: Sequence[float], std: Sequen
     return batch
 
 
-def _validation_frames(calibration: Calibration, count: int) -> list[np.ndarray]:
-    """``count`` frames of the calibration source that calibration does not use (nor does the parity
-    check, which takes the source's held-out frames): the next ones after the calibration frames.
-    A source too small to spare any (a small folder) gives its calibration frames instead."""
-    source = calibration.source
-
-    def digest(frame: np.ndarray) -> str:
-        return hashlib.sha1(np.ascontiguousarray(frame).tobytes()).hexdigest()
-
-    used = {digest(f) for f in source.calibration_frames(calibration.count)}
-    extra = [f for f in source.calibration_frames(calibration.count + count) if digest(f) not in used]
-    if extra:
-        return extra[:count]
-    logger.warning("calibration source %s has no frames to spare for the accuracy-aware INT8 check; "
-                   "measuring agreement on calibration frames", source.description)
-    return list(source.calibration_frames(min(count, calibration.count)))
-
-
 def _compile(model: Any, inference_precision: str | None) -> Any:
     import openvino as ov
 
@@ -551,17 +493,6 @@ def _run(compiled: Any, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     outputs = {o.get_any_name(): o for o in compiled.outputs}
     return (np.array(result[outputs["cls_logits"]], copy=True),
             np.array(result[outputs["box_regression"]], copy=True))
-
-
-def _cosine(refs: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> float:
-    a = np.concatenate([np.ravel(x) for x in refs]).astype(np.float64)
-    b = np.concatenate([np.ravel(x) for x in outs]).astype(np.float64)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return -1.0
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return 1.0 if na == nb else 0.0
-    return float(np.dot(a, b) / (na * nb))
 
 
 def _r(value: float) -> float:

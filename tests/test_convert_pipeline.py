@@ -69,14 +69,14 @@ def test_int8_mode_reaches_the_exporters():
     from converters.pipeline import _plan
 
     def options(mode):
-        plan = _plan("lite0", "openvino,tflite", "int8", "random", "unused", calibration="synthetic",
+        plan = _plan("lite0", "onnx,openvino,tflite", "int8", "random", "unused", calibration="synthetic",
                      calibration_count=8, allow_random=True, force=False, num_classes=None, labels=None,
                      seed=0, exporters=None, int8_mode=mode,
                      exporter_options={"tflite": {"input_dtype": "uint8"}})
         return {j.exporter.name: (j.exporter.options("int8"), j.key) for j in plan.jobs}
 
     full, aware = options("full"), options("accuracy-aware")
-    for name in ("openvino", "tflite"):
+    for name in ("onnx", "openvino", "tflite"):
         assert full[name][0]["int8_mode"] == "full" and aware[name][0]["int8_mode"] == "accuracy-aware"
         assert full[name][1] != aware[name][1]  # the mode is part of the export key
     assert full["tflite"][0]["input_dtype"] == "uint8"
