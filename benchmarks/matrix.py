@@ -212,6 +212,9 @@ def _measure_torch(p: Planned, planned: Sequence[Planned], frames: Sequence[np.n
 def _fill_timing(row: Row, timing: Any) -> None:
     row.model_ms, row.e2e_ms = stats_dict(timing.model), stats_dict(timing.e2e)
     row.fps = round(1000.0 / timing.e2e.p50, 2) if timing.e2e.p50 > 0 else None
+    if timing.post is not None:
+        row.post_ms = stats_dict(timing.post)
+        row.post_share = round(timing.post.p50 / timing.e2e.p50, 4) if timing.e2e.p50 > 0 else None
     row.status = "ok"
 
 

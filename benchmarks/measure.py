@@ -1,14 +1,17 @@
 """Timing one artifact or one PyTorch model: the frames, the loops, the two latencies.
 
-Two figures per row, timed in one interleaved loop (a model-only call, then an end-to-end call,
-per round: both see the same load on a shared machine), after untimed warm-up rounds and with
-Python's garbage collector paused during the loop (it runs between rows instead):
+Three figures per row, timed in one interleaved loop (a model-only call, an end-to-end call, then
+a post-processing call per round: all see the same load on a shared machine), after untimed
+warm-up rounds and with Python's garbage collector paused during the loop (it runs between rows
+instead):
 
 * **model-only**: ``backend.run(batch)`` on batches preprocessed beforehand from the frames
   (PyTorch: ``model(tensor)`` under ``torch.inference_mode``);
 * **end-to-end**: what :class:`edgedet.Detector` does per frame: preprocess (letterbox, normalize)
   + run + decode + NMS + mapping boxes to the frame, via :class:`edgedet.detector.Pipeline`
-  (PyTorch: the same preprocess/postprocess functions around ``model``).
+  (PyTorch: the same preprocess/postprocess functions around ``model``);
+* **post-processing**: decode + NMS + mapping boxes, on the model outputs of the same frame
+  (computed beforehand): its share of the end-to-end latency is what the hot path adds.
 
 Every backend sees the same frames: :func:`bench_frames` makes a few deterministic synthetic
 camera scenes of the requested size, and every loop cycles through them in the same order.
@@ -59,38 +62,38 @@ def gc_paused() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Timing:
-    """Model-only and end-to-end latency of one row."""
+    """Model-only, end-to-end and (where timed) post-processing latency of one row."""
 
     model: LatencyStats
     e2e: LatencyStats
+    post: LatencyStats | None = None
 
 
 def time_pair(model_call: Callable[[int], Any], e2e_call: Callable[[int], Any], *, warmup: int, runs: int,
-              max_seconds: float | None = None, clock: Callable[[], float] = time.perf_counter) -> Timing:
-    """Model-only and end-to-end latency, interleaved: each round times one model-only call, then
-    one end-to-end call on the same frame, so that load from other processes, which comes and
-    goes, hits both figures alike (two loops one after the other gave a model-only p50 above the
-    end-to-end p50 on a busy machine). ``warmup`` untimed rounds first; ``max_seconds`` stops
-    after at least 3 rounds."""
+              max_seconds: float | None = None, clock: Callable[[], float] = time.perf_counter,
+              post_call: Callable[[int], Any] | None = None) -> Timing:
+    """Model-only and end-to-end latency (and post-processing, given ``post_call``), interleaved:
+    each round times one model-only call, then one end-to-end call on the same frame, so that
+    load from other processes, which comes and goes, hits the figures alike (two loops one after
+    the other gave a model-only p50 above the end-to-end p50 on a busy machine). ``warmup``
+    untimed rounds first; ``max_seconds`` stops after at least 3 rounds."""
     gc.collect()
+    calls = [model_call, e2e_call] + ([post_call] if post_call is not None else [])
     for i in range(warmup):
-        model_call(i)
-        e2e_call(i)
-    model: list[float] = []
-    e2e: list[float] = []
+        for call in calls:
+            call(i)
+    samples: list[list[float]] = [[] for _ in calls]
     with gc_paused():
         started = clock()
         for i in range(runs):
-            t0 = clock()
-            model_call(i)
-            t1 = clock()
-            e2e_call(i)
-            t2 = clock()
-            model.append((t1 - t0) * 1000.0)
-            e2e.append((t2 - t1) * 1000.0)
-            if max_seconds is not None and len(model) >= 3 and t2 - started > max_seconds:
+            for call, times in zip(calls, samples):
+                t0 = clock()
+                call(i)
+                times.append((clock() - t0) * 1000.0)
+            if max_seconds is not None and len(samples[0]) >= 3 and clock() - started > max_seconds:
                 break
-    return Timing(LatencyStats.from_samples(model), LatencyStats.from_samples(e2e))
+    stats = [LatencyStats.from_samples(times) for times in samples]
+    return Timing(stats[0], stats[1], stats[2] if post_call is not None else None)
 
 
 # ------------------------------------------------------------------------------------ artifacts
@@ -106,11 +109,14 @@ def load_detector(artifact: Artifact, *, device: str, threads: int) -> Detector:
 
 def time_detector(detector: Detector, frames: Sequence[np.ndarray], *, warmup: int, runs: int,
                   max_seconds: float | None = None) -> Timing:
-    """Model-only (``backend.run`` on preprocessed batches) and end-to-end (``detector(frame)``)."""
+    """Model-only (``backend.run`` on preprocessed batches), end-to-end (``detector(frame)``) and
+    post-processing (``pipeline.decode`` on the outputs of the same frames)."""
     pipeline = detector.pipeline  # the loaded Pipeline: its backend and its own preprocessing
     batch_size = detector.artifact.manifest.input.batch_size
-    batches = [pipeline.prepare([f] * batch_size)[0] for f in frames]
+    prepared = [pipeline.prepare([f] * batch_size) for f in frames]
+    batches = [batch for batch, _ in prepared]
     backend = pipeline.backend
+    decoded = [(backend.run(batch), letterboxes) for batch, letterboxes in prepared]
     if batch_size == 1:
         def e2e(i: int) -> Any:
             return detector(frames[i % len(frames)])
@@ -118,7 +124,7 @@ def time_detector(detector: Detector, frames: Sequence[np.ndarray], *, warmup: i
         def e2e(i: int) -> Any:
             return detector.detect_batch([frames[i % len(frames)]] * batch_size)
     return time_pair(lambda i: backend.run(batches[i % len(batches)]), e2e, warmup=warmup, runs=runs,
-                     max_seconds=max_seconds)
+                     max_seconds=max_seconds, post_call=lambda i: pipeline.decode(*decoded[i % len(decoded)]))
 
 
 # ------------------------------------------------------------------------------------ PyTorch
@@ -157,20 +163,26 @@ class TorchPipeline:
                 self.torch.cuda.synchronize()
         return cls, box
 
-    def __call__(self, frame: np.ndarray) -> Detections:
+    def decode(self, outputs: tuple[Any, Any], letterboxes: list) -> Detections:
         from edgedet.postprocess import postprocess
 
-        x, letterboxes = self.prepare(frame)
-        cls, box = self.run(x)
+        cls, box = outputs
         boxes, scores, classes = postprocess(cls[0].float().cpu().numpy(), box[0].float().cpu().numpy(),
                                              self.anchors, **self.post)
         letterboxes[0].to_frame(boxes)
         return Detections(xyxy=boxes, confidence=scores, class_id=classes)
 
+    def __call__(self, frame: np.ndarray) -> Detections:
+        x, letterboxes = self.prepare(frame)
+        return self.decode(self.run(x), letterboxes)
+
 
 def time_torch(pipeline: TorchPipeline, frames: Sequence[np.ndarray], *, warmup: int, runs: int,
                max_seconds: float | None = None) -> Timing:
     """Model-only (``model(x)``) and end-to-end latency of the PyTorch eager model."""
-    inputs = [pipeline.prepare(f)[0] for f in frames]
+    prepared = [pipeline.prepare(f) for f in frames]
+    inputs = [x for x, _ in prepared]
+    decoded = [(pipeline.run(x), letterboxes) for x, letterboxes in prepared]
     return time_pair(lambda i: pipeline.run(inputs[i % len(inputs)]), lambda i: pipeline(frames[i % len(frames)]),
-                     warmup=warmup, runs=runs, max_seconds=max_seconds)
+                     warmup=warmup, runs=runs, max_seconds=max_seconds,
+                     post_call=lambda i: pipeline.decode(*decoded[i % len(decoded)]))

@@ -53,6 +53,8 @@ class Row:
     model_ms: dict[str, Any] | None = None  # backend.run on a preprocessed batch
     e2e_ms: dict[str, Any] | None = None  # preprocess + run + decode + NMS on the frame
     fps: float | None = None  # 1000 / e2e p50
+    post_ms: dict[str, Any] | None = None  # decode + NMS + box mapping on the model's outputs
+    post_share: float | None = None  # post p50 / e2e p50
     speedup_vs_pytorch: float | None = None  # PyTorch eager FP32 model p50 / this model p50
     parity: dict[str, Any] | None = None  # from the manifest, measured at export
     map: dict[str, Any] | None = None  # COCO metrics when a trained model and its val set exist

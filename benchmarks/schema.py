@@ -62,6 +62,8 @@ ROW = {
         "model_ms": _LATENCY_OR_NULL,
         "e2e_ms": _LATENCY_OR_NULL,
         "fps": _NUM_OR_NULL,
+        "post_ms": _LATENCY_OR_NULL,
+        "post_share": _NUM_OR_NULL,
         "speedup_vs_pytorch": _NUM_OR_NULL,
         "parity": {"type": ["object", "null"],
                    "additionalProperties": {"type": ["number", "string", "boolean", "null"]}},
@@ -172,7 +174,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
 CSV_COLUMNS: tuple[str, ...] = (
     "variant", "family", "phi", "backend", "format", "precision", "device", "status", "input_size",
     "size_mb", "weights", "model_p50_ms", "model_p90_ms", "e2e_p50_ms", "e2e_p90_ms", "runs", "fps",
-    "speedup_vs_pytorch", "cls_cosine", "box_cosine", "top100_agreement", "map_ap", "map_ap50",
+    "post_p50_ms", "post_share", "speedup_vs_pytorch", "cls_cosine", "box_cosine", "top100_agreement", "map_ap", "map_ap50",
     "gmacs", "gflops", "peak_share", "runtime_precision", "runtime_version", "load_seconds", "reason",
 )
 

@@ -129,7 +129,11 @@ class Pipeline:
 
     def __call__(self, frames) -> list[Detections]:
         batch, letterboxes = self.prepare(frames)
-        outputs = self.backend.run(batch)
+        return self.decode(self.backend.run(batch), letterboxes)
+
+    def decode(self, outputs: dict[str, np.ndarray], letterboxes: Sequence) -> list[Detections]:
+        """The backend's raw ``outputs`` for a batch → one :class:`Detections` per frame
+        (dequantize, decode the anchors, threshold, NMS, map boxes back through ``letterboxes``)."""
         cls_all = dequantize(outputs[self._cls.name], self._cls.quantization)
         box_all = dequantize(outputs[self._box.name], self._box.quantization)
         results = []

@@ -64,6 +64,8 @@ def test_smallest_benchmark(models, tmp_path, capsys):
         row = rows[key]
         assert row["status"] == "ok", row
         assert row["model_ms"]["runs"] == 3 and row["e2e_ms"]["p50"] > 0 and row["fps"] > 0
+        # decode + NMS timed on its own, as a share of the end-to-end latency
+        assert row["post_ms"]["runs"] == 3 and 0 < row["post_share"] < 1
         assert row["speedup_vs_pytorch"] > 0 and row["macs"] > 0 and row["weights"] == "random"
         assert row["map"] is None  # random weights: no mAP
     assert rows[("onnxruntime", "fp32")]["peak_share"] > 0
