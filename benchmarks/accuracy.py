@@ -123,7 +123,7 @@ def evaluate_torch(model: Any, eval_set: EvalSet, cache: MapCache, *, weights_ke
 
     import torch
 
-    from edgedet.evaluate import evaluate_model
+    from edgedet.model.evaluate import evaluate_model
 
     key = MapCache.key(kind="pytorch", weights=weights_key, size=int(model.image_size),
                        torch=torch.__version__, device=device, **eval_set.key_parts())

@@ -132,7 +132,7 @@ def time_detector(detector: Detector, frames: Sequence[np.ndarray], *, warmup: i
 
 class TorchPipeline:
     """A PyTorch EfficientDet with the runtime's own pre- and post-processing around it (as
-    :func:`edgedet.evaluate.evaluate_model` runs it): the eager reference of the table."""
+    :func:`edgedet.model.evaluate.evaluate_model` runs it): the eager reference of the table."""
 
     def __init__(self, model: Any, *, device: str = "cpu", score_threshold: float = 0.3,
                  iou_threshold: float = 0.5, max_detections: int = 100) -> None:

@@ -3,16 +3,16 @@
 * :func:`coco_map` scores detections against a COCO annotation file with faster-coco-eval
   (pycocotools if that is missing): ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (COCO's
   ``stats[0:6]``; ``-1`` where the file has no object of that size).
-* :func:`evaluate_model` runs a PyTorch :class:`~edgedet.model.EfficientDet` through the runtime's
-  own :func:`~edgedet.preprocess.preprocess` and :func:`~edgedet.postprocess.postprocess`, exactly
-  as :class:`edgedet.detector.Pipeline` runs an artifact, so the two give the same mAP for the same
-  weights.
 * :func:`evaluate_artifact` runs an exported artifact through :class:`edgedet.Detector`'s pipeline.
+* :func:`run_and_score` is the loop both use: frames read with OpenCV, a ``detect`` callable,
+  COCO metrics. :func:`edgedet.model.evaluate.evaluate_model` runs a PyTorch model through it
+  with the same pre/post-processing, so a model and its artifacts give the same mAP for the same
+  weights.
 
 Scores follow the mAP convention: a low score threshold (0.001) and 100 detections per image.
 Model class ``k`` is mapped back to the file's category ids (see :func:`category_mapping`).
 
-torch is imported only inside :func:`evaluate_model`; the module itself needs numpy and OpenCV.
+numpy and OpenCV only (torch-free, like the rest of the runtime).
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from edgedet.detections import Detections
 if TYPE_CHECKING:
     from edgedet.detector import Detector
 
-__all__ = ["METRIC_KEYS", "category_mapping", "coco_map", "evaluate_artifact", "evaluate_model",
-           "to_coco_results"]
+__all__ = ["EVAL_SCORE_THRESHOLD", "METRIC_KEYS", "category_mapping", "coco_map", "evaluate_artifact",
+           "load_dataset", "run_and_score", "to_coco_results"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ AnnSource = str | os.PathLike[str] | Mapping[str, Any]
 
 # --------------------------------------------------------------------------------------- loading
 
-def _load_dataset(ann_file: AnnSource) -> dict[str, Any]:
+def load_dataset(ann_file: AnnSource) -> dict[str, Any]:
     if isinstance(ann_file, Mapping):
         return dict(ann_file)
     path = Path(ann_file)
@@ -71,7 +71,7 @@ def category_mapping(num_classes: int, categories: Sequence[Mapping[str, Any]], 
 
     In order of preference: ``category_ids`` if given (one id per class); by name, when the
     model's ``labels`` all name categories of the file; the file's ids in ascending order when
-    the counts agree (how :mod:`edgedet.train` numbers classes); ``class + 1`` for a 90-class COCO
+    the counts agree (how :mod:`edgedet.model.training` numbers classes); ``class + 1`` for a 90-class COCO
     model (effdet's convention) on a file whose ids are within 1..90.
 
     Raises ``ValueError`` when none applies.
@@ -160,7 +160,7 @@ def coco_map(detections: Mapping[int, Detections] | Sequence[Mapping[str, Any]],
     Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` as floats in 0..1 (``-1`` for a size
     range without ground truth).
     """
-    data = _load_dataset(ann_file)
+    data = load_dataset(ann_file)
     image_ids = {int(img["id"]) for img in data["images"]}
     if isinstance(detections, Mapping):
         unknown = [i for i in detections if int(i) not in image_ids]
@@ -208,10 +208,12 @@ def _iter_batches(data: dict[str, Any], images_dir: str | os.PathLike[str], batc
         yield [int(img["id"]) for img in chunk], frames
 
 
-def _run_and_score(detect: Callable[[list[np.ndarray]], list[Detections]], data: dict[str, Any],
+def run_and_score(detect: Callable[[list[np.ndarray]], list[Detections]], data: dict[str, Any],
                    images_dir: str | os.PathLike[str], *, batch_size: int, category_ids: Sequence[int] | None,
                    num_classes: int,
                    progress: bool, desc: str, limit: int | None, return_detections: bool):
+    """Read the split's images (BGR, OpenCV) in batches, run ``detect`` on each batch, and score
+    the detections with :func:`coco_map`; the loop behind every mAP in edgedet."""
     started = time.perf_counter()
     detections: dict[int, Detections] = {}
     total = len(data["images"]) if limit is None else min(limit, len(data["images"]))
@@ -234,65 +236,6 @@ def _run_and_score(detect: Callable[[list[np.ndarray]], list[Detections]], data:
     return (metrics, detections) if return_detections else metrics
 
 
-def evaluate_model(model: Any, ann_file: AnnSource, images_dir: str | os.PathLike[str], *,
-                   score_threshold: float = EVAL_SCORE_THRESHOLD, iou_threshold: float = 0.5,
-                   max_detections: int = 100, batch_size: int = 8, device: Any = None,
-                   labels: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
-                   progress: bool = False, limit: int | None = None, return_detections: bool = False):
-    """COCO metrics of a PyTorch EfficientDet on a COCO split.
-
-    Frames are read with OpenCV (BGR) and fed exactly as the runtime feeds an artifact
-    (:func:`~edgedet.preprocess.preprocess` at ``model.image_size`` with the model's
-    normalization, then :func:`~edgedet.postprocess.postprocess` and the letterbox mapping back
-    to frame pixels). The model runs in eval mode under ``torch.inference_mode`` on ``device``
-    (default: where its parameters are) and is put back in its previous mode afterwards.
-
-    ``labels`` (class names) and ``category_ids`` map model classes to the file's categories
-    (:func:`category_mapping`); ``limit`` evaluates only the first images of the file.
-    Returns the metrics dict of :func:`coco_map` (with ``return_detections``, also the
-    ``{image_id: Detections}`` it scored).
-    """
-    import torch
-
-    from edgedet.anchors import generate_anchors
-    from edgedet.postprocess import postprocess
-    from edgedet.preprocess import preprocess
-
-    data = _load_dataset(ann_file)
-    config = model.config
-    size = int(getattr(model, "image_size", config.image_size))
-    anchors = generate_anchors(config, size)
-    mean, std = config.normalization.mean, config.normalization.std
-    if device is None:
-        device = next(model.parameters()).device
-    names = tuple(labels) if labels is not None else None
-
-    def detect(frames: list[np.ndarray]) -> list[Detections]:
-        batch, letterboxes = preprocess(frames, size, mean, std, layout="NCHW", rgb=False)
-        with torch.inference_mode():
-            cls, box = model(torch.from_numpy(batch).to(device))
-            cls_all, box_all = cls.float().cpu().numpy(), box.float().cpu().numpy()
-        out = []
-        for i, letterbox in enumerate(letterboxes):
-            boxes, scores, classes = postprocess(cls_all[i], box_all[i], anchors,
-                                                 score_threshold=score_threshold,
-                                                 iou_threshold=iou_threshold,
-                                                 max_detections=max_detections)
-            letterbox.to_frame(boxes)
-            out.append(Detections(xyxy=boxes, confidence=scores, class_id=classes, labels=names))
-        return out
-
-    was_training = model.training
-    model.eval()
-    try:
-        return _run_and_score(detect, data, images_dir, batch_size=batch_size, category_ids=category_ids,
-                              num_classes=int(config.num_classes), progress=progress,
-                              desc=f"eval {config.name}@{size}", limit=limit,
-                              return_detections=return_detections)
-    finally:
-        model.train(was_training)
-
-
 def evaluate_artifact(models: str | os.PathLike[str] | Detector, ann_file: AnnSource,
                       images_dir: str | os.PathLike[str], *, variant: str | None = None,
                       backend: str = "auto", precision: str = "auto", threads: int | None = None,
@@ -310,7 +253,7 @@ def evaluate_artifact(models: str | os.PathLike[str] | Detector, ann_file: AnnSo
     """
     from edgedet.detector import Detector, Pipeline, find_artifacts
 
-    data = _load_dataset(ann_file)
+    data = load_dataset(ann_file)
     post = dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_detections=max_detections)
     if isinstance(models, Detector):
         pipeline = Pipeline(models.artifact, models.pipeline.backend, **post)
@@ -335,7 +278,7 @@ def evaluate_artifact(models: str | os.PathLike[str] | Detector, ann_file: AnnSo
             out.extend(pipeline(chunk)[:count])
         return out
 
-    return _run_and_score(detect, data, images_dir, batch_size=batch_size, category_ids=category_ids,
+    return run_and_score(detect, data, images_dir, batch_size=batch_size, category_ids=category_ids,
                           num_classes=len(artifact.manifest.labels), progress=progress,
                           desc=f"eval {artifact.name}", limit=limit,
                           return_detections=return_detections)

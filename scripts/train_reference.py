@@ -14,7 +14,7 @@ What it does, per variant (the recipe is in RECIPES below):
 1. renders the synthetic set at the variant's training size (3000 train / 300 val images by
    default, seed 0), cached in ``$EDGEDET_CACHE/reference/`` (``~/.cache/edgedet/reference/``):
    never in git, reused by later runs;
-2. trains from scratch with :func:`edgedet.train.train` (AdamW, warm-up + cosine decay fitted to
+2. trains from scratch with :func:`edgedet.model.training.train` (AdamW, warm-up + cosine decay fitted to
    ``--minutes``, EMA 0.999, flip + scale-jitter augmentation), evaluating COCO mAP on the val split
    after every epoch;
 3. writes ``<out>/<variant>/best.pth`` (``<out>`` defaults to ``$EDGEDET_CACHE/reference``, where
@@ -124,7 +124,7 @@ def make_data(root: Path, size: int, train: int, val: int, seed: int) -> dict[st
 def train_variant(variant: str, args: argparse.Namespace, out: Path) -> dict:
     import torch
 
-    from edgedet.train import train
+    from edgedet.model.training import train
 
     recipe = dict(RECIPES[variant])
     if args.image_size:

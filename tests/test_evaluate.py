@@ -17,7 +17,8 @@ import torch
 
 from edgedet.data.synthetic import CLASSES, SyntheticConfig, generate_coco
 from edgedet.detections import Detections
-from edgedet.evaluate import METRIC_KEYS, category_mapping, coco_map, evaluate_artifact, evaluate_model
+from edgedet.evaluate import METRIC_KEYS, category_mapping, coco_map, evaluate_artifact
+from edgedet.model.evaluate import evaluate_model
 from edgedet.model import create_model
 from edgedet.model.checkpoint import save_checkpoint
 
@@ -89,7 +90,7 @@ def test_pycocotools_fallback_agrees(val_split, monkeypatch):
 
 def test_category_mapping_rules():
     cats = [{"id": 5, "name": "b"}, {"id": 2, "name": "a"}, {"id": 9, "name": "c"}]
-    assert category_mapping(3, cats) == [2, 5, 9]  # ascending ids, as edgedet.train numbers classes
+    assert category_mapping(3, cats) == [2, 5, 9]  # ascending ids, as edgedet.model.training numbers classes
     assert category_mapping(3, cats, labels=["c", "a", "b"]) == [9, 2, 5]  # by name
     assert category_mapping(3, cats, category_ids=[9, 9, 2]) == [9, 9, 2]
     assert category_mapping(90, cats) == list(range(1, 91))  # effdet's COCO convention

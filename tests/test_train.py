@@ -1,4 +1,4 @@
-"""edgedet.train: anchor matching, focal/Huber loss, data + augmentation, the training loop,
+"""edgedet.model.training: anchor matching, focal/Huber loss, data + augmentation, the training loop,
 checkpoints, resume and the CLI — real (tiny) training runs, no mocks.
 
 Runs use lite0 at 128 px, 16 synthetic images, batch 4, one torch thread (the machine is shared:
@@ -21,7 +21,7 @@ from edgedet.data.synthetic import CLASSES, SyntheticConfig, generate_splits
 from edgedet.model import create_model
 from edgedet.model.checkpoint import load_checkpoint, load_metadata
 from edgedet.preprocess import preprocess
-from edgedet.train import (
+from edgedet.model.training import (
     Augment,
     CocoDetection,
     DetectionLoss,
@@ -34,8 +34,8 @@ from edgedet.train import (
     match_anchors,
     train,
 )
-from edgedet.train.cli import main as cli_main
-from edgedet.train.loss import IGNORE, NEGATIVE, box_iou
+from edgedet.model.training.cli import main as cli_main
+from edgedet.model.training.loss import IGNORE, NEGATIVE, box_iou
 
 SIZE = 128
 FAST = dict(batch_size=4, image_size=SIZE, num_threads=1, progress=False, num_workers=0)

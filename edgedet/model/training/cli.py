@@ -1,4 +1,4 @@
-"""Command line: ``python -m edgedet.train VARIANT --train-ann ... --out DIR`` (see ``--help``)."""
+"""Command line: ``python -m edgedet.model.training VARIANT --train-ann ... --out DIR`` (see ``--help``)."""
 from __future__ import annotations
 
 import argparse
@@ -13,15 +13,15 @@ from edgedet.config import VARIANTS
 EPILOG = """\
 examples:
   # fine-tune the published COCO lite0 on your data (class head re-initialized)
-  python -m edgedet.train lite0 --train-ann data/annotations/train.json --train-images data/train \\
+  edgedet-train lite0 --train-ann data/annotations/train.json --train-images data/train \\
       --val-ann data/annotations/val.json --val-images data/val --init tf_efficientdet_lite0 \\
       --epochs 20 --out runs/lite0
 
   # train d0 from scratch at 256 px on the built-in synthetic shapes, 40 minutes
-  python -m edgedet.train d0 --synthetic data/shapes256 --image-size 256 --time-limit 40 --out runs/d0
+  edgedet-train d0 --synthetic data/shapes256 --image-size 256 --time-limit 40 --out runs/d0
 
   # continue an interrupted or time-limited run
-  python -m edgedet.train d0 --synthetic data/shapes256 --image-size 256 --out runs/d0 --resume
+  edgedet-train d0 --synthetic data/shapes256 --image-size 256 --out runs/d0 --resume
 
 outputs (in --out): best.pth (EMA weights of the best val AP, with metadata: variant, image size,
 class names, val mAP; load with edgedet.model.checkpoint.load_checkpoint, convert with
@@ -31,7 +31,7 @@ edgedet-convert --weights runs/lite0/best.pth), last.pt (resumable state), histo
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m edgedet.train",
+        prog="edgedet-train",
         description="Train or fine-tune an EfficientDet on COCO-format data; the validation mAP of the "
                     "EMA weights is measured every epoch with the runtime's own pre/post-processing.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    log = logging.getLogger("edgedet.train")
+    log = logging.getLogger("edgedet.model.training")
     from edgedet.config import get_config
 
     try:
@@ -120,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_ann, train_images, val_ann, val_images = (args.train_ann, args.train_images, args.val_ann,
                                                         args.val_images)
 
-    from edgedet.train.dataset import Augment
-    from edgedet.train.trainer import train
+    from edgedet.model.training.dataset import Augment
+    from edgedet.model.training.trainer import train
 
     try:
         result = train(

@@ -2,20 +2,20 @@
 
 Python::
 
-    from edgedet.train import train
+    from edgedet.model.training import train
     result = train("lite0", "data/annotations/train.json", "data/train",
                    "data/annotations/val.json", "data/val", out="runs/lite0", epochs=20)
     print(result.best_map, result.best_path)
 
-CLI: ``python -m edgedet.train --help``.
+CLI: ``python -m edgedet.model.training --help``.
 
 ``train`` writes ``best.pth`` (EMA weights + metadata: variant, image size, class names, val
 mAP...), which :func:`edgedet.model.checkpoint.load_checkpoint` and the converters read.
 """
-from edgedet.train.dataset import Augment, CocoDetection, collate, load_coco_index
-from edgedet.train.ema import ModelEma
-from edgedet.train.loss import DetectionLoss, focal_loss, match_anchors
-from edgedet.train.trainer import TrainConfig, TrainResult, load_trained, lr_at, train
+from edgedet.model.training.dataset import Augment, CocoDetection, collate, load_coco_index
+from edgedet.model.training.ema import ModelEma
+from edgedet.model.training.loss import DetectionLoss, focal_loss, match_anchors
+from edgedet.model.training.trainer import TrainConfig, TrainResult, load_trained, lr_at, train
 
 __all__ = [
     "Augment",

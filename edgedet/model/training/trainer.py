@@ -1,9 +1,9 @@
 """Fine-tune (or train from scratch) an EfficientDet on COCO-format data.
 
-``train(...)`` runs the loop: the augmented :class:`~edgedet.train.dataset.CocoDetection` in one
-worker process, :class:`~edgedet.train.loss.DetectionLoss`, AdamW or SGD with linear warm-up and
+``train(...)`` runs the loop: the augmented :class:`~edgedet.model.training.dataset.CocoDetection` in one
+worker process, :class:`~edgedet.model.training.loss.DetectionLoss`, AdamW or SGD with linear warm-up and
 cosine decay, gradient clipping, an EMA of the weights, COCO mAP of the EMA weights on the
-validation split after every epoch (:func:`edgedet.evaluate.evaluate_model`, the runtime's own
+validation split after every epoch (:func:`edgedet.model.evaluate.evaluate_model`, the runtime's own
 pre- and post-processing), and checkpoints in ``out``:
 
 ``best.pth``
@@ -51,13 +51,13 @@ from edgedet.anchors import generate_anchors
 from edgedet.config import get_config
 from edgedet.model import EfficientDet, create_model
 from edgedet.model.checkpoint import load_checkpoint, load_metadata, save_checkpoint
-from edgedet.train.dataset import Augment, CocoDetection, collate
-from edgedet.train.ema import ModelEma
-from edgedet.train.loss import DetectionLoss
+from edgedet.model.training.dataset import Augment, CocoDetection, collate
+from edgedet.model.training.ema import ModelEma
+from edgedet.model.training.loss import DetectionLoss
 
 __all__ = ["TrainConfig", "TrainResult", "load_trained", "lr_at", "train"]
 
-log = logging.getLogger("edgedet.train")
+log = logging.getLogger("edgedet.model.training")
 
 BEST_NAME = "best.pth"
 LAST_NAME = "last.pt"
@@ -439,9 +439,9 @@ def train(
     eval_bs = int(eval_batch_size or batch_size)
     val_count = 0
     if do_eval:
-        from edgedet.evaluate import _load_dataset
+        from edgedet.evaluate import load_dataset
 
-        val_count = len(_load_dataset(val_ann)["images"])
+        val_count = len(load_dataset(val_ann)["images"])
         if val_limit is not None:
             val_count = min(val_count, int(val_limit))
     limit_s = None if time_limit_minutes is None else float(time_limit_minutes) * 60.0
@@ -451,7 +451,7 @@ def train(
         nonlocal eval_seconds_est
         if not do_eval:
             return None
-        from edgedet.evaluate import evaluate_model
+        from edgedet.model.evaluate import evaluate_model
 
         t0 = time.monotonic()
         metrics = evaluate_model(ema.module if ema is not None else model, val_ann, val_images,
@@ -677,7 +677,7 @@ def _load_state(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem to the user
         raise RuntimeError(f"cannot resume from {path}: {exc}; delete it or pass overwrite=True") from exc
     if not isinstance(state, Mapping) or "trainer" not in state or "state_dict" not in state:
-        raise RuntimeError(f"{path} is not a training state written by edgedet.train")
+        raise RuntimeError(f"{path} is not a training state written by edgedet.model.training")
     if int(state["trainer"].get("version", 0)) != STATE_VERSION:
         raise RuntimeError(f"{path} has training-state version {state['trainer'].get('version')}, "
                            f"this edgedet writes {STATE_VERSION}")
