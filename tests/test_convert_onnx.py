@@ -49,6 +49,7 @@ from converters.weights import build_model, resolve_weights
 from edgedet.anchors import generate_anchors
 from edgedet.manifest import MANIFEST_NAME, Manifest, ManifestError
 from edgedet.preprocess import preprocess
+from parity import assert_fp32_matches_pytorch
 
 VARIANTS = ("lite0", "d0")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -153,21 +154,7 @@ def test_sizes(exported, variant):
 def test_fp32_matches_pytorch(exported, torch_models, variant):
     """Independent of the pipeline's own check: a fresh image, PyTorch vs onnxruntime, raw outputs."""
     out, _ = exported
-    frame = synthetic_frame(4242, 0)
-    manifest, cls, box = run_onnx(artifact(out, variant, "fp32"), frame)
-    model = torch_models[variant]
-    norm = model.config.normalization
-    batch, _ = preprocess(frame, model.config.image_size, norm.mean, norm.std)
-    with torch.no_grad():
-        ref_cls, ref_box = (t.numpy() for t in model(torch.from_numpy(batch)))
-    assert ref_cls.std() > 1.0 and ref_box.std() > 0.2  # non-trivial outputs, not ~0
-    other, _ = preprocess(synthetic_frame(4242, 1), model.config.image_size, norm.mean, norm.std)
-    with torch.no_grad():
-        other_cls, _ = model(torch.from_numpy(other))
-    assert (other_cls.numpy() - ref_cls).std() > 0.05 * ref_cls.std()  # and they depend on the image
-    assert np.abs(cls - ref_cls).max() <= 1e-3
-    assert np.abs(box - ref_box).max() <= 1e-3
-    assert manifest.parity["cls_max_abs"] <= 1e-3 and manifest.parity["box_max_abs"] <= 1e-3
+    assert_fp32_matches_pytorch(run_onnx, artifact(out, variant, "fp32"), torch_models[variant])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

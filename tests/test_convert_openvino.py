@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import pytest
-import torch
 
 from converters import convert
 from converters.calibration import synthetic_frame
@@ -47,6 +46,7 @@ from edgedet.backends.base import ModelLoadError
 from edgedet.backends.openvino import OpenVinoBackend
 from edgedet.manifest import Manifest, ManifestError
 from edgedet.preprocess import preprocess
+from parity import assert_fp32_matches_pytorch
 
 VARIANTS = ("lite0", "d0")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -160,17 +160,7 @@ def test_sizes(exported, variant):
 def test_fp32_matches_pytorch(exported, torch_models, variant):
     """Independent of the pipeline's own check: a fresh image, PyTorch vs OpenVINO (f32), raw outputs."""
     out, _ = exported
-    frame = synthetic_frame(4242, 0)
-    manifest, cls, box = run_artifact(artifact(out, variant, "fp32"), frame)
-    model = torch_models[variant]
-    norm = model.config.normalization
-    batch, _ = preprocess(frame, model.config.image_size, norm.mean, norm.std)
-    with torch.no_grad():
-        ref_cls, ref_box = (t.numpy() for t in model(torch.from_numpy(batch)))
-    assert ref_cls.std() > 1.0 and ref_box.std() > 0.2  # non-trivial outputs
-    assert np.abs(cls - ref_cls).max() <= 1e-3
-    assert np.abs(box - ref_box).max() <= 1e-3
-    assert manifest.parity["cls_max_abs"] <= 1e-3 and manifest.parity["box_max_abs"] <= 1e-3
+    assert_fp32_matches_pytorch(run_artifact, artifact(out, variant, "fp32"), torch_models[variant])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
