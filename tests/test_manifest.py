@@ -183,7 +183,7 @@ def mutate(data: dict, path: str, value=..., delete: bool = False) -> dict:
     ("schema_version", 2, False, r"'schema_version' is 2, .*upgrade edgedet"),
     ("schema_version", "1", False, r"'schema_version' must be an integer"),
     ("backend", None, True, r"'backend' is missing"),
-    ("backend", "tensorrt", False, r"'backend' must be one of onnxruntime, openvino, tflite, got 'tensorrt'"),
+    ("backend", "tensorrt", False, r"'backend' must be one of onnxruntime, openvino, tflite, torch, got 'tensorrt'"),
     ("precision", "int4", False, r"'precision' must be one of fp32, fp16, int8"),
     ("input.layout", "nchw", False, r"'input.layout' must be one of NCHW, NHWC"),
     ("input.dtype", "float64", False, r"'input.dtype' must be one of"),
