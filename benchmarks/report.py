@@ -81,10 +81,10 @@ def _parity(row: Row) -> str:
     if row.backend == PYTORCH:
         return "reference" if row.ok else "-"
     p = row.parity or {}
-    cos, top = p.get("cls_cosine"), p.get("top100_agreement")
-    if cos is None and top is None:
+    cos, det = p.get("cls_cosine"), p.get("detection_ap50")
+    if cos is None and det is None:
         return "-"
-    text = "/".join(["-" if cos is None else f"{cos:.5f}", "-" if top is None else f"{top:.2f}"])
+    text = "/".join(["-" if cos is None else f"{cos:.5f}", "-" if det is None else f"{det:.3f}"])
     return text + ("" if p.get("passed", True) else " FAIL")
 
 
@@ -101,7 +101,7 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
 def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
     """The printed table's cells (header first)."""
     header = ("variant", "backend", "prec", "input", "MB", "model p50/p90 ms", "e2e p50/p90 ms", "FPS",
-              "post %", "x PyTorch", "parity cls cos/top100", "mAP", "%peak", "note")
+              "post %", "x PyTorch", "parity cls cos/det AP50", "mAP", "%peak", "note")
     out = [header]
     for r in rows:
         note = "" if r.ok else f"{r.status}: {r.reason or ''}"
@@ -205,6 +205,7 @@ def csv_row(r: Row) -> dict[str, Any]:
         "post_p50_ms": None if r.post_ms is None else r.post_ms.get("p50"), "post_share": r.post_share,
         "speedup_vs_pytorch": r.speedup_vs_pytorch, "cls_cosine": p.get("cls_cosine"),
         "box_cosine": p.get("box_cosine"), "top100_agreement": p.get("top100_agreement"),
+        "detection_ap50": p.get("detection_ap50"),
         "map_ap": None if r.map is None else r.map.get("AP"), "map_ap50": None if r.map is None else r.map.get("AP50"),
         "gmacs": None if r.macs is None else round(r.macs / 1e9, 4), "gflops": r.gflops,
         "peak_share": r.peak_share, "runtime_precision": r.runtime_precision,

@@ -174,7 +174,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
 CSV_COLUMNS: tuple[str, ...] = (
     "variant", "family", "phi", "backend", "format", "precision", "device", "status", "input_size",
     "size_mb", "weights", "model_p50_ms", "model_p90_ms", "e2e_p50_ms", "e2e_p90_ms", "runs", "fps",
-    "post_p50_ms", "post_share", "speedup_vs_pytorch", "cls_cosine", "box_cosine", "top100_agreement", "map_ap", "map_ap50",
+    "post_p50_ms", "post_share", "speedup_vs_pytorch", "cls_cosine", "box_cosine", "top100_agreement", "detection_ap50", "map_ap", "map_ap50",
     "gmacs", "gflops", "peak_share", "runtime_precision", "runtime_version", "load_seconds", "reason",
 )
 

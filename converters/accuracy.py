@@ -30,11 +30,15 @@ class AccuracyTarget:
     """Output agreement an accuracy-aware INT8 model must reach against FP32 (cosine similarity
     of the flattened outputs over the validation frames, as :mod:`converters.verify` computes).
 
-    Defaults: the INT8 parity thresholds for trained weights (:data:`converters.verify.THRESHOLDS`).
+    Defaults: cls cosine 0.999 and box cosine 0.995, about what full INT8 reaches on the trained
+    reference Lite0 with its val mAP unchanged (cls 0.99984-0.99997, box 0.995-0.9975). A box
+    cosine counts every anchor's regression, background included, so a stricter box target keeps
+    layers in float for no visible gain (0.998 kept 177 of Lite0's ONNX nodes in float). The
+    artifacts are then gated on their detections (:data:`converters.verify.THRESHOLDS`).
     """
 
     cls_cosine: float = 0.999
-    box_cosine: float = 0.998
+    box_cosine: float = 0.995
     #: Held-out frames the agreement is measured on (not calibration, not the parity check's).
     validation_images: int = 4
     #: Frames the ranking of layers runs on (the first of the validation frames).

@@ -65,7 +65,7 @@ logger = logging.getLogger("converters")
 DEFAULT_CALIBRATION_COUNT = 100
 DEFAULT_VERIFY_IMAGES = 4
 #: Bump when the pipeline changes what it writes for the same inputs (part of the export key).
-PIPELINE_REVISION = 1
+PIPELINE_REVISION = 2  # 2: parity gains the detection figures; INT8 is gated on them
 
 
 # ------------------------------------------------------------------------------------ results
@@ -243,7 +243,7 @@ def convert(
         force: rebuild artifacts that are already up to date.
         num_classes: class count; default: the checkpoint's, or 90 for random weights.
         labels: one name per class; default: the class names an edgedet training run stored in
-            the checkpoint, else ``class_0``, ``class_1``...
+            the checkpoint, COCO's names for the published 90-class checkpoints, else ``class_0``...
         image_size: input side (a multiple of 32) the artifacts are made for, or ``"native"``
             (each variant's own); default: the size an edgedet training run recorded in the
             checkpoint (a model trained at 256 detects best at 256), else the native size.

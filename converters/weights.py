@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgedet.data.coco import COCO90_LABELS
 from edgedet.hub import sha256_file
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ def resolve_weights(spec: str, variant: str, *, allow_random: bool, seed: int = 
     names = meta.get("class_names")
     if names is not None and (num_classes is None or len(names) != num_classes):
         names = None  # metadata that disagrees with the weights is not trusted
+    if names is None and num_classes == len(COCO90_LABELS) and (spec == PUBLISHED or spec in ckpt.REGISTRY):
+        names = COCO90_LABELS  # a published COCO checkpoint: output k is COCO category id k + 1
     recorded = ckpt.default_checkpoint(variant).url if spec == PUBLISHED else os.fspath(spec)
     return ResolvedWeights(source=recorded, random=False, path=Path(path), sha256=sha256_file(path),
                            num_classes=num_classes, trained_image_size=int(size) if size else None,

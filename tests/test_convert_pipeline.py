@@ -89,3 +89,48 @@ def test_cli_options(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--variants", "lite0", "--formats", "onnx", "--tflite-input-dtype", "uint8"])
     assert "needs tflite in --formats" in capsys.readouterr().err
+
+
+def test_detection_agreement():
+    """The detection figures: identical outputs agree fully; a detection moved off its box or
+    pushed below the threshold counts against the artifact; nothing found on both sides agrees."""
+    import numpy as np
+
+    from converters.verify import detection_agreement
+    from edgedet.anchors import generate_anchors
+    from edgedet.config import get_config
+
+    anchors = generate_anchors(get_config("lite0").with_(image_size=128))
+    n = len(anchors)
+    cls = np.full((1, n, 3), -8.0, np.float32)
+    box = np.zeros((1, n, 4), np.float32)
+    cls[0, [100, 900, 1500], [0, 1, 2]] = 3.0  # three confident detections (separate anchors)
+    same = detection_agreement([cls], [box], [cls.copy()], [box.copy()], anchors)
+    assert same == {"detection_ap50": 1.0, "detection_precision": 1.0, "detection_recall": 1.0,
+                    "detection_f1": 1.0}
+    moved, weaker = box.copy(), cls.copy()
+    moved[0, 100] = [3.0, 3.0, 0.0, 0.0]  # shifted by 3 anchor sizes: IoU 0 with the reference box
+    weaker[0, 1500, 2] = -1.5  # score 0.18: below the 0.3 threshold, still ranked for the AP
+    figures = detection_agreement([cls], [box], [cls], [moved], anchors)
+    assert figures["detection_recall"] == pytest.approx(2 / 3) and figures["detection_ap50"] < 1
+    figures = detection_agreement([cls], [box], [weaker], [box], anchors)
+    assert figures["detection_recall"] == pytest.approx(2 / 3) and figures["detection_ap50"] == 1.0
+    empty = np.full_like(cls, -8.0)
+    assert detection_agreement([empty], [box], [empty], [box], anchors)["detection_f1"] == 1.0
+
+
+def test_published_coco_checkpoints_get_coco_names(tmp_path, monkeypatch):
+    """A published 90-class checkpoint (here a local file standing in for the cached download)
+    resolves with COCO's names: output k is category id k + 1; a local path keeps class_N."""
+    from converters.weights import resolve_weights
+    from edgedet.data.coco import COCO90_LABELS
+    from edgedet.model import checkpoint as ckpt
+
+    path = tmp_path / "tf_efficientdet_lite0.pth"
+    save_checkpoint(create_model("lite0", 90), path)
+    monkeypatch.setattr(ckpt, "checkpoint_path", lambda source, **kwargs: path)
+    published = resolve_weights("published", "lite0", allow_random=False)
+    assert published.class_names == COCO90_LABELS and len(COCO90_LABELS) == 90
+    assert (COCO90_LABELS[0], COCO90_LABELS[2], COCO90_LABELS[89]) == ("person", "car", "toothbrush")
+    assert COCO90_LABELS[11] == "unused_12"  # id 12 has no category in COCO 2017
+    assert resolve_weights(str(path), "lite0", allow_random=False).class_names is None
