@@ -30,15 +30,16 @@ class AccuracyTarget:
     """Output agreement an accuracy-aware INT8 model must reach against FP32 (cosine similarity
     of the flattened outputs over the validation frames, as :mod:`converters.verify` computes).
 
-    Defaults: cls cosine 0.999 and box cosine 0.995, about what full INT8 reaches on the trained
-    reference Lite0 with its val mAP unchanged (cls 0.99984-0.99997, box 0.995-0.9975). A box
-    cosine counts every anchor's regression, background included, so a stricter box target keeps
-    layers in float for no visible gain (0.998 kept 177 of Lite0's ONNX nodes in float). The
-    artifacts are then gated on their detections (:data:`converters.verify.THRESHOLDS`).
+    Defaults: cls cosine 0.999 and box cosine 0.97. A box cosine counts every anchor's
+    regression, background included, so it says little about the detections: on the trained
+    reference D0, full ONNX INT8 had box cosine 0.983 with its mAP within 0.002 of FP32 (detection
+    AP50 vs FP32 0.973), while a search for box cosine >= 0.998 kept 308 nodes in float (14.4 MB,
+    slower than FP32) for a lower mAP. The box floor only catches a broken graph; the artifacts
+    are then gated on their detections (:data:`converters.verify.THRESHOLDS`).
     """
 
     cls_cosine: float = 0.999
-    box_cosine: float = 0.995
+    box_cosine: float = 0.97
     #: Held-out frames the agreement is measured on (not calibration, not the parity check's).
     validation_images: int = 4
     #: Frames the ranking of layers runs on (the first of the validation frames).

@@ -62,14 +62,16 @@ _FP16 = {"cls_cosine": ("min", 0.9999), "box_cosine": ("min", 0.9999),
 #: measured max abs 1e-5..3e-4). FP16: measured on realistic-random Lite0/D0 (more sensitive than
 #: trained networks) cosine >= 0.999998, score max abs <= 0.005, top-100 agreement >= 0.99.
 #: INT8: gated on the detections (AP50 >= 0.9 against FP32's), with floors on the raw outputs that
-#: catch a broken graph: the published D0 measured box cosine 0.9998 and cls max abs 0.022
-#: (STACK.md); the trained reference Lite0 cls cosine >= 0.999 and box cosine 0.995-0.9975 at
-#: an unchanged mAP (module doc).
+#: catch a broken graph: the trained reference Lite0 had cls cosine >= 0.9998 and box cosine
+#: 0.995-0.998 at full INT8, the reference D0 cls 0.9989-0.9992 and box 0.983-0.998, all with
+#: mAP within 0.005 of FP32 (the published D0: box cosine 0.9998, STACK.md). ``score_max_abs`` is recorded, not enforced: a maximum over
+#: ~4M scores, it was 0.20-0.23 on the trained reference D0 (OpenVINO/TFLite INT8) while its
+#: detections agreed with FP32's.
 THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {
     "fp32": _EXACT,
     "fp16": _FP16,
-    "int8": {"detection_ap50": ("min", 0.9), "cls_cosine": ("min", 0.998), "box_cosine": ("min", 0.99),
-             "score_max_abs": ("max", 0.15), "top100_agreement": ("min", 0.5)},
+    "int8": {"detection_ap50": ("min", 0.9), "cls_cosine": ("min", 0.998), "box_cosine": ("min", 0.97),
+             "top100_agreement": ("min", 0.5)},
 }
 
 #: Thresholds for random weights (converters.weights.realistic_random_), which quantize worse
