@@ -103,13 +103,12 @@ def resolve_weights(spec: str, variant: str, *, allow_random: bool, seed: int = 
     source = variant if spec == PUBLISHED else spec
     try:
         path = ckpt.checkpoint_path(source, progress=progress)
-        state = ckpt.load_state_dict(path)
+        state, meta = ckpt.read_checkpoint(path)
     except (ckpt.CheckpointError, FileNotFoundError, OSError) as exc:
         raise WeightsError(f"weights {spec!r} for {variant}: {exc}") from exc
     except Exception as exc:  # DownloadError and friends: same message shape
         raise WeightsError(f"weights {spec!r} for {variant}: {type(exc).__name__}: {exc}") from exc
     num_classes = _num_classes(state, variant)
-    meta = ckpt.load_metadata(path)
     if meta.get("variant") and meta["variant"] != variant:
         raise WeightsError(f"weights {spec!r} hold a {meta['variant']} model, not {variant}; pass "
                            f"--variants {meta['variant']}")

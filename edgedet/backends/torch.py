@@ -39,21 +39,21 @@ class TorchBackend(Backend):
     def __init__(self, path: str | Path, *, threads: int | None = None, device: str = "cpu") -> None:
         super().__init__(path, threads=threads)
         from edgedet.model import create_model
-        from edgedet.model.checkpoint import CheckpointError, load_checkpoint, load_metadata
+        from edgedet.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 
         if device not in ("cpu", "cuda"):
             raise BackendError(f"unknown torch device {device!r}; choose 'cpu' or 'cuda'")
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendError("torch here has no CUDA device; install a CUDA build of torch or use device='cpu'")
         try:
-            meta = load_metadata(self.path)
+            state, meta = read_checkpoint(self.path)  # one read of the file for both
             missing = [k for k in REQUIRED_METADATA if k not in meta]
             if missing:
                 raise ModelLoadError(f"{self.path} is not an edgedet torch artifact (its metadata lacks "
                                      f"{', '.join(missing)}); make one with edgedet-convert --formats torch")
             model = create_model(meta["variant"], int(meta["num_classes"]), image_size=int(meta["image_size"]),
                                  fusion=meta.get("fusion"))
-            load_checkpoint(model, self.path)
+            load_checkpoint(model, state)
         except CheckpointError as exc:
             raise ModelLoadError(f"torch could not load {self.path}: {exc}; the file is corrupt or truncated — "
                                  "re-export it with edgedet-convert or copy it again") from exc

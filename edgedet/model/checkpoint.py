@@ -38,6 +38,7 @@ __all__ = [
     "load_checkpoint",
     "load_metadata",
     "load_state_dict",
+    "read_checkpoint",
     "save_checkpoint",
 ]
 
@@ -151,6 +152,30 @@ def checkpoint_path(source: str | os.PathLike[str], *, progress: bool = True,
     )
 
 
+def read_checkpoint(
+    source: str | os.PathLike[str],
+    *,
+    strip_prefixes: Sequence[str] = DEFAULT_STRIP_PREFIXES,
+    progress: bool = True,
+    verify_name_hash: bool = True,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A checkpoint's weights and its edgedet metadata, from one read of the file.
+
+    ``source`` is a local path, an http(s)/file URL or a registry/variant name (see
+    :func:`checkpoint_path`). The file is read with ``weights_only=True``. A dict holding the
+    weights under ``"state_dict_ema"``, ``"state_dict"`` or ``"model"`` (tried in that order) is
+    unwrapped, and a prefix every key shares (``"module."``, ``"model."``) is removed. The
+    metadata is what :func:`save_checkpoint` stored (``{}`` if none).
+
+    Raises:
+        CheckpointError: the file is not a readable checkpoint (truncated, not a torch file, or
+            holding Python objects beyond tensors and plain containers), or holds no state_dict.
+    """
+    path = checkpoint_path(source, progress=progress, verify_name_hash=verify_name_hash)
+    state_dict, metadata = _unwrap(_torch_load(path), path)
+    return _strip_prefixes(state_dict, strip_prefixes), metadata
+
+
 def load_state_dict(
     source: str | os.PathLike[str],
     *,
@@ -158,27 +183,15 @@ def load_state_dict(
     progress: bool = True,
     verify_name_hash: bool = True,
 ) -> dict[str, Tensor]:
-    """Read the weights of a checkpoint as a plain ``{key: tensor}`` dict on the CPU.
-
-    ``source`` is a local path, an http(s)/file URL or a registry/variant name (see
-    :func:`checkpoint_path`). The file is read with ``weights_only=True``. A dict holding the
-    weights under ``"state_dict_ema"``, ``"state_dict"`` or ``"model"`` (tried in that order) is
-    unwrapped, and a prefix every key shares (``"module."``, ``"model."``) is removed.
-
-    Raises:
-        CheckpointError: the file is not a readable checkpoint (truncated, not a torch file, or
-            holding Python objects beyond tensors and plain containers), or holds no state_dict.
-    """
-    path = checkpoint_path(source, progress=progress, verify_name_hash=verify_name_hash)
-    state_dict, _ = _unwrap(_torch_load(path), path)
-    return _strip_prefixes(state_dict, strip_prefixes)
+    """Read the weights of a checkpoint as a plain ``{key: tensor}`` dict on the CPU (see
+    :func:`read_checkpoint`, which also returns the metadata)."""
+    return read_checkpoint(source, strip_prefixes=strip_prefixes, progress=progress,
+                           verify_name_hash=verify_name_hash)[0]
 
 
 def load_metadata(source: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata :func:`save_checkpoint` stored with a checkpoint (``{}`` if none)."""
-    path = checkpoint_path(source)
-    _, metadata = _unwrap(_torch_load(path), path)
-    return metadata
+    return read_checkpoint(source)[1]
 
 
 def load_checkpoint(
