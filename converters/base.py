@@ -95,6 +95,14 @@ class Exporter(ABC):
         speed only (threads) stay out."""
         return {}
 
+    def check_request(self, precision: str, calibration: Calibration | None) -> None:
+        """:class:`ConvertError` unless this exporter makes ``precision`` and has the calibration
+        it needs (the pipeline asks only for such; this guards direct calls of :meth:`export`)."""
+        if precision not in self.precisions:
+            raise ConvertError(f"{self.name} exports {', '.join(self.precisions)}, not {precision!r}")
+        if precision in self.calibrated_precisions and calibration is None:
+            raise ConvertError(f"{precision} needs calibration data (--calibration)")
+
     @abstractmethod
     def export(self, model: Any, config: ModelConfig, out_dir: Path, precision: str,
                calibration: Calibration | None) -> list[Path]:

@@ -144,8 +144,7 @@ class OnnxExporter(Exporter):
                calibration: Calibration | None) -> list[Path]:
         import onnx
 
-        if precision not in self.precisions:
-            raise ConvertError(f"onnx exports {', '.join(self.precisions)}, not {precision!r}")
+        self.check_request(precision, calibration)
         fp32 = onnx.load_from_string(self._fp32_bytes(model, config))
         path = Path(out_dir) / MODEL_FILE
         if precision == "fp32":
@@ -153,8 +152,6 @@ class OnnxExporter(Exporter):
         elif precision == "fp16":
             _save(_to_fp16(fp32), path)
         else:
-            if calibration is None:
-                raise ConvertError("int8 needs calibration data (--calibration)")
             result = self._int8(fp32, config, calibration)
             if result.report:  # accuracy-aware: what it left in float, and why
                 _record(result.model, result)

@@ -153,8 +153,7 @@ class OpenVinoExporter(Exporter):
                calibration: Calibration | None) -> list[Path]:
         import openvino as ov
 
-        if precision not in self.precisions:
-            raise ConvertError(f"openvino exports {', '.join(self.precisions)}, not {precision!r}")
+        self.check_request(precision, calibration)
         fp32 = self._fp32_model(model, config)
         path = Path(out_dir) / MODEL_FILE
         if precision == "fp32":
@@ -162,8 +161,6 @@ class OpenVinoExporter(Exporter):
         elif precision == "fp16":
             out, compress = fp32.clone(), True
         else:
-            if calibration is None:
-                raise ConvertError("int8 needs calibration data (--calibration)")
             size = config.image_size
             norm = config.normalization
             batches = _Batches(calibration, size, norm.mean, norm.std)

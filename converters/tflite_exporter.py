@@ -151,8 +151,7 @@ class TfliteExporter(Exporter):
 
     def export(self, model: Any, config: ModelConfig, out_dir: Path, precision: str,
                calibration: Calibration | None) -> list[Path]:
-        if precision not in self.precisions:
-            raise ConvertError(f"tflite exports {', '.join(self.precisions)}, not {precision!r}")
+        self.check_request(precision, calibration)
         fp32 = self._fp32_bytes(model, config)
         path = Path(out_dir) / MODEL_FILE
         if precision == "fp32":
@@ -160,8 +159,6 @@ class TfliteExporter(Exporter):
         elif precision == "fp16":
             path.write_bytes(_to_fp16(fp32))
         else:
-            if calibration is None:
-                raise ConvertError("int8 needs calibration data (--calibration)")
             qsvs = self._calibration(fp32, config, calibration)
             if self.accuracy_aware:
                 result = _accuracy_aware_search(

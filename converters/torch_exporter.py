@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
+from converters.base import ArtifactIO, Exporter, Runner, register_exporter
 from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec
 
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ class TorchExporter(Exporter):
                calibration: Calibration | None) -> list[Path]:
         from edgedet.model.checkpoint import save_checkpoint
 
-        if precision not in self.precisions:
-            raise ConvertError(f"torch exports {', '.join(self.precisions)}, not {precision!r}")
+        self.check_request(precision, calibration)
         path = Path(out_dir) / MODEL_FILE
         save_checkpoint(model, path, metadata={"variant": config.name, "num_classes": config.num_classes,
                                                "image_size": config.image_size, "fusion": config.fusion})

@@ -134,3 +134,14 @@ def test_published_coco_checkpoints_get_coco_names(tmp_path, monkeypatch):
     assert (COCO90_LABELS[0], COCO90_LABELS[2], COCO90_LABELS[89]) == ("person", "car", "toothbrush")
     assert COCO90_LABELS[11] == "unused_12"  # id 12 has no category in COCO 2017
     assert resolve_weights(str(path), "lite0", allow_random=False).class_names is None
+
+
+def test_exporters_refuse_what_they_cannot_make():
+    """Direct calls of an exporter get the same checks as the pipeline's requests."""
+    from converters import OnnxExporter, TorchExporter
+
+    with pytest.raises(ConvertError, match="torch exports fp32, not 'int8'"):
+        TorchExporter().check_request("int8", None)
+    with pytest.raises(ConvertError, match="int8 needs calibration data"):
+        OnnxExporter().check_request("int8", None)
+    OnnxExporter().check_request("fp16", None)  # no calibration needed
