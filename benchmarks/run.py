@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.exports import DEFAULT_CALIBRATION_COUNT  # noqa: E402
+from edgedet.video import frame_size_arg  # noqa: E402
 
 log = logging.getLogger("benchmarks")
 
@@ -49,16 +50,6 @@ devices: cpu (onnxruntime CPU EP, OpenVINO CPU, TFLite/XNNPACK); gpu, npu, auto 
 cuda, tensorrt (onnxruntime only). Rows a runtime cannot run on the device are listed as
 'unavailable' with the reason.
 """
-
-
-def _frame_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"frame size must be WIDTHxHEIGHT (e.g. 1280x720), got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"frame size must be positive, got {text!r}")
-    return w, h
 
 
 def _positive(text: str) -> int:
@@ -93,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--warmup", type=int, default=5, help="untimed calls first (default: %(default)s)")
     how.add_argument("--max-row-seconds", type=float, default=60.0, metavar="S",
                      help="stop a timed loop after S seconds (at least 3 runs; default: %(default)s)")
-    how.add_argument("--frame-size", type=_frame_size, default=(1280, 720), metavar="WxH",
+    how.add_argument("--frame-size", type=frame_size_arg, default=(1280, 720), metavar="WxH",
                      help="camera frame size for end-to-end latency (default: 1280x720)")
     src = p.add_argument_group("models")
     src.add_argument("--models", type=Path, metavar="DIR",

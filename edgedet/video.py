@@ -46,10 +46,23 @@ from edgedet.preprocess import InputError
 __all__ = [
     "CapturedFrame", "FrameSource", "JsonLinesWriter", "LatestFrameReader", "LoopStats", "PiCameraSource",
     "SourceError", "VideoCaptureSource", "VideoFileWriter", "default_source", "display_available",
-    "iter_frames", "jetson_csi_pipeline", "open_source", "overlay", "picamera_available", "run_loop",
+    "frame_size_arg", "iter_frames", "jetson_csi_pipeline", "open_source", "overlay", "picamera_available", "run_loop",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def frame_size_arg(text: str) -> tuple[int, int]:
+    """``"1280x720"`` → ``(1280, 720)``: an argparse ``type`` for the command lines' ``--frame-size``."""
+    import argparse
+
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"frame size must be WIDTHxHEIGHT (e.g. 1280x720), got {text!r}") from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"frame size must be positive, got {text!r}")
+    return width, height
 
 #: URL schemes opened as network streams through FFmpeg.
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://",

@@ -11,7 +11,7 @@ import sys
 
 from edgedet.backends import BackendError
 from edgedet.detector import BudgetError, Detector, NoArtifactsError
-from edgedet.video import JsonLinesWriter, SourceError, default_source, open_source, run_loop
+from edgedet.video import JsonLinesWriter, SourceError, default_source, frame_size_arg, open_source, run_loop
 
 EXAMPLES = """\
 examples:
@@ -29,16 +29,6 @@ within the budget, bad source or option); 1 for anything else.
 """
 
 
-def frame_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"frame size must be positive, got {text!r}")
-    return width, height
-
-
 def class_list(text: str) -> list[int | str]:
     return [int(c) if c.strip().isdigit() else c.strip() for c in text.split(",") if c.strip()]
 
@@ -48,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default=default_source(),
                    help="'picamera[:N]', a camera index or /dev/videoN, a video file, an rtsp:// or http:// URL, "
                         "or a GStreamer pipeline ending in appsink (default: %(default)s)")
-    p.add_argument("--frame-size", type=frame_size, default=(1280, 720), metavar="WxH",
+    p.add_argument("--frame-size", type=frame_size_arg, default=(1280, 720), metavar="WxH",
                    help="size asked of the camera, and the frame size the budget is measured at (default: 1280x720)")
     p.add_argument("--budget-ms", type=float, default=None,
                    help="end-to-end latency budget per frame (p90); the largest model within it is served "
