@@ -33,3 +33,11 @@ def assert_fp32_matches_pytorch(run_artifact, directory, model, tolerance: float
     assert np.abs(cls - ref_cls).max() <= tolerance
     assert np.abs(box - ref_box).max() <= tolerance
     assert manifest.parity["cls_max_abs"] <= tolerance and manifest.parity["box_max_abs"] <= tolerance
+
+
+def assert_fp16_parity(parity) -> None:
+    """The FP16 limits every format meets against PyTorch FP32 (a manifest's parity figures):
+    small absolute errors, cosines >= 0.9999, scores within 0.02, the same top candidates."""
+    assert 0 < parity["cls_max_abs"] <= 0.1 and parity["box_max_abs"] <= 0.03
+    assert parity["cls_cosine"] >= 0.9999 and parity["box_cosine"] >= 0.9999
+    assert parity["score_max_abs"] <= 0.02 and parity["top100_agreement"] >= 0.95

@@ -47,7 +47,7 @@ from edgedet.backends.tflite import TfliteBackend
 from edgedet.hub import sha256_file
 from edgedet.manifest import Manifest
 from edgedet.preprocess import preprocess
-from parity import assert_fp32_matches_pytorch
+from parity import assert_fp16_parity, assert_fp32_matches_pytorch
 
 VARIANTS = ("lite0", "d0")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -196,9 +196,7 @@ def test_fp16_parity(exported, variant):
     out, _, _ = exported
     manifest = Manifest.load(artifact(out, variant, "fp16"))
     p = manifest.parity
-    assert 0 < p["cls_max_abs"] <= 0.1 and p["box_max_abs"] <= 0.03
-    assert p["cls_cosine"] >= 0.9999 and p["box_cosine"] >= 0.9999
-    assert p["score_max_abs"] <= 0.02 and p["top100_agreement"] >= 0.95
+    assert_fp16_parity(p)
     assert manifest.float_layers == ()  # every conv stores float16 weights
     interpreter = TfliteBackend(manifest.model_path(artifact(out, variant, "fp16"))).interpreter
     halves = [t for t in interpreter.get_tensor_details() if t["dtype"] == np.float16]
