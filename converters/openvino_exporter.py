@@ -266,7 +266,8 @@ def quantize_int8(fp32: Any, calibration: Iterable[np.ndarray], *, preset: str =
     report: dict[str, Any] = {"full_shortfall": _r(search.shortfall_of(full))}
     if report["full_shortfall"] <= goal:
         report["seconds"] = _r(time.perf_counter() - started)
-        logger.info("INT8 meets the accuracy target fully quantized (shortfall %.3f)", report["full_shortfall"])
+        logger.info("INT8 meets the accuracy target fully quantized (error %.2f of the allowed, aiming at "
+                    "<= %.2f)", report["full_shortfall"], goal)
         return Int8Result(full, (), report)
 
     switch = _SwitchableModel(full, inference_precision)
