@@ -30,6 +30,7 @@ import numpy as np
 
 from edgedet.detections import Detections
 from edgedet.detector import Artifact, Detector
+from edgedet.postprocess import DEFAULT_SCORE_THRESHOLD
 from edgedet.profiling import LatencyStats
 
 __all__ = ["Timing", "TorchPipeline", "bench_frames", "gc_paused", "load_detector", "time_detector",
@@ -134,7 +135,7 @@ class TorchPipeline:
     """A PyTorch EfficientDet with the runtime's own pre- and post-processing around it (as
     :func:`edgedet.model.evaluate.evaluate_model` runs it): the eager reference of the table."""
 
-    def __init__(self, model: Any, *, device: str = "cpu", score_threshold: float = 0.3,
+    def __init__(self, model: Any, *, device: str = "cpu", score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  iou_threshold: float = 0.5, max_detections: int = 100) -> None:
         import torch
 

@@ -27,7 +27,7 @@ from edgedet.backends import BACKENDS, Backend, BackendError, available_backends
 from edgedet.detections import Detections
 from edgedet.hub import cache_dir
 from edgedet.manifest import MANIFEST_NAME, Manifest, ManifestError
-from edgedet.postprocess import postprocess
+from edgedet.postprocess import DEFAULT_SCORE_THRESHOLD, postprocess
 from edgedet.preprocess import InputError, preprocess, validate_frame
 from edgedet.quantization import dequantize, quantize
 from edgedet.profiling import Clock, LatencyStats, ProfileCache, measure, profile_key
@@ -105,7 +105,7 @@ def find_artifacts(models: str | Path) -> list[Artifact]:
 class Pipeline:
     """One loaded artifact with everything around it: frames in, :class:`Detections` out."""
 
-    def __init__(self, artifact: Artifact, backend: Backend, *, score_threshold: float = 0.3,
+    def __init__(self, artifact: Artifact, backend: Backend, *, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  iou_threshold: float = 0.5, max_detections: int | None = None, rgb: bool = False) -> None:
         m = artifact.manifest
         self.artifact, self.backend, self.manifest = artifact, backend, m
@@ -204,7 +204,7 @@ class Detector:
                  models: str | Path | None = None, backend: str = "auto", precision: str = "auto",
                  threads: int | None = None, percentile: float = 90, frame_size: tuple[int, int] = TYPICAL_FRAME,
                  device: str = "cpu", on_miss: Literal["error", "smallest"] = "error", refresh: bool = False,
-                 profile_cache: str | Path | Literal[False] | None = None, score_threshold: float = 0.3,
+                 profile_cache: str | Path | Literal[False] | None = None, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  iou_threshold: float = 0.5, max_detections: int = 100, rgb: bool = False, warmup: int = 3,
                  runs: int = 20, clock: Clock = time.perf_counter) -> None:
         if budget_ms is None and variant is None:

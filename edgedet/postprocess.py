@@ -34,6 +34,7 @@ import numpy as np
 from .anchors import decode_boxes
 
 __all__ = [
+    "DEFAULT_SCORE_THRESHOLD",
     "NmsMethod",
     "OPENCV_NMS_MAX_CANDIDATES",
     "PostprocessResult",
@@ -54,6 +55,9 @@ NmsMethod = Literal["auto", "opencv", "numpy"]
 OPENCV_NMS_MAX_CANDIDATES = 1024
 #: ``(boxes_xyxy float32 [K, 4], scores float32 [K], class_ids int32 [K])``, sorted by score.
 PostprocessResult = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+#: The runtime's score threshold (``Detector``, ``Pipeline``, :func:`postprocess`).
+DEFAULT_SCORE_THRESHOLD = 0.3
 
 
 def score_to_logit(score_threshold: float) -> float:
@@ -253,7 +257,7 @@ def _empty_result() -> PostprocessResult:
 
 
 def postprocess(cls_logits: np.ndarray, box_regression: np.ndarray, anchors: np.ndarray, *,
-                score_threshold: float = 0.3, iou_threshold: float = 0.5, max_detections: int = 100,
+                score_threshold: float = DEFAULT_SCORE_THRESHOLD, iou_threshold: float = 0.5, max_detections: int = 100,
                 pre_nms_top_k: int = 5000, class_agnostic: bool = False,
                 clip_size: tuple[float, float] | None = None,
                 nms_method: NmsMethod = "auto") -> PostprocessResult:

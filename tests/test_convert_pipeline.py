@@ -145,3 +145,22 @@ def test_exporters_refuse_what_they_cannot_make():
     with pytest.raises(ConvertError, match="int8 needs calibration data"):
         OnnxExporter().check_request("int8", None)
     OnnxExporter().check_request("fp16", None)  # no calibration needed
+
+
+def test_realistic_random_weights_pass_a_trained_like_number_of_scores():
+    """Random weights give about as many scores above the runtime's threshold as a trained detector
+    (so the benchmark's decode + NMS time is what a deployment pays), on scenes they were not
+    fitted on; the focal-loss prior alone let 50k+ per image through."""
+    from converters.calibration import synthetic_frame
+    from converters.weights import CANDIDATES_PER_IMAGE, build_model, resolve_weights
+    from edgedet.postprocess import DEFAULT_SCORE_THRESHOLD, score_to_logit
+    from edgedet.preprocess import preprocess
+
+    model = build_model("lite0", 90, resolve_weights("random", "lite0", allow_random=True))
+    norm = model.config.normalization
+    batch, _ = preprocess([synthetic_frame(3, i) for i in range(4)], 320, norm.mean, norm.std)
+    with torch.inference_mode():
+        cls, _ = model(torch.from_numpy(batch))
+    per_image = (cls > score_to_logit(DEFAULT_SCORE_THRESHOLD)).sum(dim=(1, 2))
+    assert ((per_image > CANDIDATES_PER_IMAGE / 5) & (per_image < CANDIDATES_PER_IMAGE * 5)).all(), per_image
+
