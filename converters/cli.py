@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--int8-mode", choices=INT8_MODES,
                    help="'full': every layer in INT8; 'accuracy-aware': the layers whose quantization "
                         "hurts most stay float until the outputs agree with FP32 to a target "
-                        "(recorded in the manifest's float_layers). Default: each format's own "
-                        "(openvino, onnx: accuracy-aware; tflite: full)")
+                        "(recorded in the manifest's float_layers). Default: full for --weights random, "
+                        "else each format's own (openvino, onnx: accuracy-aware; tflite: full)")
     q.add_argument("--tflite-input-dtype", choices=("float32", "int8", "uint8"),
                    help="input of TFLite INT8 models (default: float32, quantized inside the graph; "
                         "int8/uint8 for integer-only accelerators)")

@@ -41,7 +41,7 @@ from converters.verify import (
     measure_parity,
     reference_outputs,
 )
-from converters.weights import PUBLISHED, ResolvedWeights, WeightsError, build_model, resolve_weights
+from converters.weights import PUBLISHED, RANDOM, ResolvedWeights, WeightsError, build_model, resolve_weights
 from edgedet._progress import progress_bar
 from edgedet.config import VARIANTS, get_config
 from edgedet.hub import sha256_file
@@ -253,7 +253,7 @@ def convert(
             or :data:`~converters.verify.RANDOM_WEIGHT_THRESHOLDS` for random weights.
         int8_mode: ``"full"`` (every layer INT8) or ``"accuracy-aware"`` (the layers whose
             quantization hurts most stay float until agreement with FP32 reaches a target), for
-            every format; default: each exporter's own default.
+            every format; default: ``"full"`` for random weights, else each exporter's own.
         exporter_options: keyword arguments for each format's exporter, e.g.
             ``{"tflite": {"input_dtype": "uint8"}}`` (see each exporter class).
         exporters: exporter instances to use instead of the registered ones, by format name.
@@ -318,6 +318,11 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
 
     if int8_mode is not None and int8_mode not in INT8_MODES:
         raise ConvertError(f"unknown int8 mode {int8_mode!r}; valid: {', '.join(INT8_MODES)}")
+    if int8_mode is None and weights == RANDOM:
+        # An accuracy search on random weights would chase the agreement of a network that detects
+        # nothing; the float layers it keeps would only distort the latency these artifacts are for
+        # (and the search took 100 s of D1's 106 s ONNX INT8 export).
+        int8_mode = "full"
     if image_size is not None and image_size != "native" and (
             isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32):
         raise ConvertError(f"image size must be 'native' or a positive multiple of 32, got {image_size!r}")

@@ -75,10 +75,12 @@ def test_int8_mode_reaches_the_exporters():
                      exporter_options={"tflite": {"input_dtype": "uint8"}})
         return {j.exporter.name: (j.exporter.options("int8"), j.key) for j in plan.jobs}
 
-    full, aware = options("full"), options("accuracy-aware")
+    full, aware, default = options("full"), options("accuracy-aware"), options(None)
     for name in ("onnx", "openvino", "tflite"):
         assert full[name][0]["int8_mode"] == "full" and aware[name][0]["int8_mode"] == "accuracy-aware"
         assert full[name][1] != aware[name][1]  # the mode is part of the export key
+        # Random weights are for latency: no accuracy search unless asked for.
+        assert default[name] == full[name]
     assert full["tflite"][0]["input_dtype"] == "uint8"
 
 
