@@ -190,7 +190,8 @@ def plot_fusion(ablation: dict[str, Any] | None, path: Path) -> Path | None:
         ax.bar([i + j * width for i in range(len(variants))], ys, width, label=fusion)
     ax.set_xticks([i + width for i in range(len(variants))], variants)
     ax.set_ylabel("BiFPN p50 (ms), PyTorch eager")
-    ax.set_title(f"BiFPN fusion ablation ({ablation['threads']} threads)")
+    threads = ablation['threads']
+    ax.set_title(f"BiFPN fusion ablation ({threads} thread{'' if threads == 1 else 's'})")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
