@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from edgedet.config import ModelConfig
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OPSET", "AccuracyTarget", "Int8Result", "OnnxExporter",
-           "export_fp32", "quantize_int8", "quiet", "recorded"]
+           "export_fp32", "forget_fp32", "quantize_int8", "quiet", "recorded"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,6 @@ class OnnxExporter(Exporter):
                  accuracy_target: AccuracyTarget | None = AccuracyTarget()) -> None:
         self.threads = threads
         self.accuracy_target = accuracy_target if accuracy_aware else None
-        self._cache_key: tuple[int, str] | None = None
-        self._cache: bytes | None = None
         #: What the last INT8 export found (float nodes, search figures; the model itself is not
         #: kept), for logs and tests.
         self.last_int8: Int8Result | None = None
@@ -146,7 +144,7 @@ class OnnxExporter(Exporter):
         import onnx
 
         self.check_request(precision, calibration)
-        fp32 = onnx.load_from_string(self._fp32_bytes(model, config))
+        fp32 = export_fp32(model, config)
         path = Path(out_dir) / MODEL_FILE
         if precision == "fp32":
             _save(fp32, path)
@@ -180,16 +178,8 @@ class OnnxExporter(Exporter):
         self.last_int8 = replace(result, model=None)
         return result
 
-    def _fp32_bytes(self, model: Any, config: ModelConfig) -> bytes:
-        """The simplified, checked FP32 graph; cached for the other precisions of the same model."""
-        key = (id(model), config.name)
-        if self._cache_key != key or self._cache is None:
-            self._cache = export_fp32(model, config).SerializeToString()
-            self._cache_key = key
-        return self._cache
-
     def release(self) -> None:
-        self._cache_key, self._cache = None, None
+        forget_fp32()
 
     # ------------------------------------------------------------------------------ inspect / run
 
@@ -235,13 +225,36 @@ class OnnxExporter(Exporter):
 # ---------------------------------------------------------------------------------- internals
 
 
+#: The last FP32 graph :func:`export_fp32` made: its key, a weak reference to the model, the bytes.
+_LAST_FP32: dict[str, Any] = {}
+
+
+def _graph_key(model: Any, config: ModelConfig, size: int) -> tuple:
+    # Tensor version counters grow with every in-place change, so changed weights miss the memo.
+    versions = sum(t._version for t in (*model.parameters(), *model.buffers()))
+    return id(model), config.name, size, versions
+
+
+def forget_fp32() -> None:
+    """Drop the memoized FP32 graph (the exporters call this when a convert() run ends)."""
+    _LAST_FP32.clear()
+
+
 def export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
-    """The simplified, checked FP32 ONNX graph of ``model`` (also the OpenVINO exporter's source)."""
+    """The simplified, checked FP32 ONNX graph of ``model`` (also the OpenVINO exporter's source).
+
+    The last graph is memoized for the same, unchanged model object and returned as a fresh copy,
+    so the ONNX and OpenVINO exporters of one run trace each model once (8-16 s per variant)."""
+    import weakref
+
     import onnx
     import onnxslim
     import torch
 
     size = getattr(model, "image_size", config.image_size)
+    key = _graph_key(model, config, size)
+    if _LAST_FP32.get("key") == key and _LAST_FP32["model"]() is model:
+        return onnx.load_from_string(_LAST_FP32["graph"])
     dummy = torch.zeros(1, 3, size, size)
     # The dynamo exporter narrates every step on stdout and warns about internals; keep both out
     # of the CLI's output (errors still raise).
@@ -256,6 +269,7 @@ def export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
         raise ConvertError("onnxslim returned no model")
     slim.producer_name = "edgedet-convert"
     onnx.checker.check_model(slim, full_check=True)
+    _LAST_FP32.update(key=key, model=weakref.ref(model), graph=slim.SerializeToString())
     return slim
 
 

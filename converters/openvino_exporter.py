@@ -53,7 +53,7 @@ import numpy as np
 
 from converters.accuracy import AccuracyTarget, cosine, validation_frames
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
-from converters.onnx_exporter import INPUT_NAME, OUTPUT_NAMES, export_fp32, quiet
+from converters.onnx_exporter import INPUT_NAME, OUTPUT_NAMES, export_fp32, forget_fp32, quiet
 from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec
 
 if TYPE_CHECKING:
@@ -198,6 +198,7 @@ class OpenVinoExporter(Exporter):
 
     def release(self) -> None:
         self._cache_key, self._cache = None, None
+        forget_fp32()
 
     # ------------------------------------------------------------------------------ inspect / run
 

@@ -180,6 +180,35 @@ def test_int8_parity(exported, variant):
     assert 0.6 <= p["detection_ap50"] < 1 and 0.6 <= p["detection_f1"] < 1
 
 
+def test_fp32_graph_is_traced_once_per_unchanged_model(monkeypatch):
+    """export_fp32 memoizes the last graph for the same model object (ONNX and OpenVINO share it),
+    hands out copies, and traces again once a weight changed in place."""
+    from converters.onnx_exporter import export_fp32, forget_fp32
+    from edgedet.config import get_config
+
+    traces = []
+    real_export = torch.onnx.export
+
+    def counting_export(*args, **kwargs):
+        traces.append(1)
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", counting_export)
+    config = get_config("lite0")
+    model = build_model("lite0", 90, resolve_weights("random", "lite0", allow_random=True))
+    forget_fp32()
+    first = export_fp32(model, config)
+    reference = first.SerializeToString()
+    first.graph.node.pop()  # a caller's edits stay in its copy
+    again = export_fp32(model, config)
+    assert len(traces) == 1 and again.SerializeToString() == reference
+    with torch.no_grad():
+        model.class_net.predict.conv_pw.bias.add_(1.0)
+    changed = export_fp32(model, config)
+    assert len(traces) == 2 and changed.SerializeToString() != reference
+    forget_fp32()
+
+
 def test_int8_d0_squeeze_excite_pool_runs_in_int8(exported):
     """D0's squeeze-excite means become GlobalAveragePool between Q/DQ pairs in the INT8 graph,
     which onnxruntime runs as QLinearGlobalAveragePool. (As ReduceMean they stayed float on NHWC
