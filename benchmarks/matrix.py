@@ -137,44 +137,37 @@ def plan_rows(variants: Sequence[str], targets: Sequence[Target], precisions: Se
 
 
 def _torch_model(variant: str, planned: Sequence[Planned], chosen: VariantWeights | None) -> tuple[Any, str, Any, str | None]:
-    """The PyTorch model of ``variant``: the architecture and class count of its artifacts.
+    """The PyTorch model of ``variant``: the architecture, class count and weights of its artifacts.
 
     Returns (model, weights kind, :class:`converters.weights.ResolvedWeights`, note). Trained
     weights (a checkpoint named in the artifacts' manifests, or the benchmark's choice when there
-    are no artifacts) are loaded, so that mAP compares. For random weights the model keeps its
-    plain initialization: latency does not depend on weights (DESIGN.md), the plain init was
-    checked free of float32 denormals (x86's slow path) on every default variant, and rebuilding
-    the converter's realistic random weights costs up to minutes (D1 on 2 cores).
+    are no artifacts) are loaded, so that mAP compares. Random-weight artifacts get the same
+    realistic random weights the converter made them from (reused from the export step when it ran
+    in this process; else rebuilt: 4 s for Lite1, 16 s for D1 here), so that the row's decode + NMS
+    sees the candidates the artifacts' rows see (the plain initialization passes none).
     """
-    import torch
-
-    from converters.weights import ResolvedWeights, build_model, resolve_weights
-    from edgedet.model import create_model
+    from converters.weights import build_model, resolve_weights
 
     manifests = [p.artifact.manifest for p in planned if p.artifact is not None and p.row.variant == variant]
     manifests.sort(key=lambda m: m.precision != "fp32")
     note = None
-    resolved = ResolvedWeights(source="plain-init:seed=0", random=True)
-    kind = "random"
     if manifests:
-        num_classes = manifests[0].num_classes
+        num_classes, size = manifests[0].num_classes, manifests[0].image_size
         source = None if manifests[0].weights.random else manifests[0].weights.source
     else:
         source = chosen.spec if chosen is not None and not chosen.random else None
-        num_classes = None
+        num_classes, size = None, get_config(variant).image_size
+    resolved, kind = None, "random"
     if source is not None:
         try:
             resolved = resolve_weights(source, variant, allow_random=False, progress=False)
             kind = chosen.kind if chosen is not None and chosen.spec == source else "checkpoint"
         except Exception as exc:  # noqa: BLE001 - latency does not depend on weights: go on
-            note = f"PyTorch row: checkpoint {source} unavailable ({exc}); plain initialization used"
+            note = f"PyTorch row: checkpoint {source} unavailable ({exc}); random weights used"
+    if resolved is None:
+        resolved = resolve_weights("random", variant, allow_random=True)
     num_classes = num_classes or resolved.num_classes or 90
-    if resolved.random:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = create_model(variant, num_classes).eval().fold_fusion_weights()
-    else:
-        model = build_model(variant, num_classes, resolved)
+    model = build_model(variant, num_classes, resolved, image_size=size)
     return model, kind, resolved, note
 
 

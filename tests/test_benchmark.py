@@ -72,6 +72,8 @@ def test_smallest_benchmark(models, tmp_path, capsys):
     assert rows[("onnxruntime", "int8")]["peak_share"] is None  # FP32 rows only
     assert rows[("onnxruntime", "int8")]["parity"]["cls_cosine"] > 0.99  # copied from the manifest
     assert rows[("pytorch", "fp32")]["speedup_vs_pytorch"] == 1.0
+    # The reference row runs the artifacts' own (realistic random) weights, not another network.
+    assert rows[("pytorch", "fp32")]["weights_source"] == rows[("onnxruntime", "fp32")]["weights_source"]
 
     gemm, ablation = results["context"]["gemm"], results["context"]["fusion_ablation"]
     assert gemm["peak_gflops"] > 0 and list(gemm["gflops_by_size"]) == ["128"]
