@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     from edgedet.config import ModelConfig
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OPSET", "AccuracyTarget", "Int8Result", "OnnxExporter",
-           "export_fp32", "forget_fp32", "quantize_int8", "quiet", "recorded"]
+           "export_fp32", "forget_fp32", "fp32_key", "quantize_int8", "quiet", "recorded"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,10 +231,12 @@ class OnnxExporter(Exporter):
 _LAST_FP32: dict[str, Any] = {}
 
 
-def _graph_key(model: Any, config: ModelConfig, size: int) -> tuple:
-    # Tensor version counters grow with every in-place change, so changed weights miss the memo.
+def fp32_key(model: Any, config: ModelConfig) -> tuple:
+    """What the FP32 graph of ``model`` depends on, for caches of it: the object, the variant, the
+    input size, and the tensors' version counters (they grow with every in-place change, so
+    changed weights miss)."""
     versions = sum(t._version for t in (*model.parameters(), *model.buffers()))
-    return id(model), config.name, size, versions
+    return id(model), config.name, getattr(model, "image_size", config.image_size), versions
 
 
 def forget_fp32() -> None:
@@ -254,7 +256,7 @@ def export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
     import torch
 
     size = getattr(model, "image_size", config.image_size)
-    key = _graph_key(model, config, size)
+    key = fp32_key(model, config)
     if _LAST_FP32.get("key") == key and _LAST_FP32["model"]() is model:
         return onnx.load_from_string(_LAST_FP32["graph"])
     dummy = torch.zeros(1, 3, size, size)

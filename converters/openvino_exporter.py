@@ -53,7 +53,7 @@ import numpy as np
 
 from converters.accuracy import AccuracyTarget, cosine, validation_frames
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
-from converters.onnx_exporter import INPUT_NAME, OUTPUT_NAMES, export_fp32, forget_fp32, quiet
+from converters.onnx_exporter import INPUT_NAME, OUTPUT_NAMES, export_fp32, forget_fp32, fp32_key, quiet
 from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class OpenVinoExporter(Exporter):
         self.threads = threads
         self.accuracy_target = accuracy_target if accuracy_aware else None
         self.preset = preset
-        self._cache_key: tuple[int, str] | None = None
+        self._cache_key: tuple | None = None
         self._cache: Any = None  # the FP32 ov.Model
 
     def options(self, precision: str) -> dict[str, str]:
@@ -184,7 +184,7 @@ class OpenVinoExporter(Exporter):
         """The FP32 ov.Model, converted from the FP32 ONNX graph; cached for the other precisions."""
         import openvino as ov
 
-        key = (id(model), config.name)
+        key = fp32_key(model, config)
         if self._cache_key != key or self._cache is None:
             proto = export_fp32(model, config)
             with tempfile.TemporaryDirectory(prefix="edgedet-ov-") as tmp:
