@@ -7,7 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-CHILD = textwrap.dedent("""
+#: Prepended to a child's code: every import of torch (and of what needs it) fails there.
+BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
 
     class NoTorch(importlib.abc.MetaPathFinder):
@@ -17,10 +18,12 @@ CHILD = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, NoTorch())
+""")
+
+CHILD = BLOCKER + textwrap.dedent("""
     import json
     import numpy as np
-    import edgedet
-    from edgedet.detector import Detector
+    from edgedet import Detector
 
     models, backend = sys.argv[1], sys.argv[2]
     frame = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from no_torch import CHILD, run_without_torch
+from no_torch import BLOCKER, run_without_torch
 
 
 def test_blocker_really_blocks_torch():
-    code = CHILD.split("import json")[0] + "import torch\n"
+    code = BLOCKER + "import torch\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "blocked by the test" in result.stderr
 
