@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgedet.cpu import resolve_threads
+
 
 class BackendError(RuntimeError):
     """A runtime is missing, or it could not load or run an artifact; the message says what to do."""
@@ -38,7 +40,8 @@ class Backend(ABC):
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         self.path = Path(path)
-        self.threads = threads
+        # None: every core this process may use (affinity and cgroup quota), on every runtime alike.
+        self.threads = resolve_threads(threads)
         if not self.path.is_file():
             raise ModelLoadError(f"model file not found: {self.path}")
         self._lock = threading.Lock()

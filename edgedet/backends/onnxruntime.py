@@ -39,8 +39,7 @@ class OnnxRuntimeBackend(Backend):
                                "install the matching onnxruntime build (e.g. onnxruntime-gpu) or use device='cpu'")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = self.threads  # its own default counts cores, not the quota
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:

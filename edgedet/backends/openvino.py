@@ -37,8 +37,8 @@ class OpenVinoBackend(Backend):
         if not bin_path.is_file():
             raise ModelLoadError(f"OpenVINO weights {bin_path} are missing beside {self.path.name}")
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads and self.device == "CPU":
-            config["INFERENCE_NUM_THREADS"] = threads
+        if self.device == "CPU":  # the LATENCY hint alone runs one stream on fewer threads than we may use
+            config["INFERENCE_NUM_THREADS"] = self.threads
         if inference_precision and self.device == "CPU":
             config["INFERENCE_PRECISION_HINT"] = inference_precision
         try:

@@ -40,7 +40,7 @@ class TfliteBackend(Backend):
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         super().__init__(path, threads=threads)
         try:
-            self.interpreter = _litert.Interpreter(model_path=str(self.path), num_threads=threads)
+            self.interpreter = _litert.Interpreter(model_path=str(self.path), num_threads=self.threads)
             self.interpreter.allocate_tensors()
         except Exception as exc:
             raise ModelLoadError(f"the TFLite interpreter could not load {self.path} "
