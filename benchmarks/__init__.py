@@ -6,7 +6,8 @@
 * :mod:`benchmarks.exports` — weights per variant (trained reference or random) and the exports;
 * :mod:`benchmarks.measure` — frames, timing loops, loading and timing one artifact or PyTorch;
 * :mod:`benchmarks.accuracy` — COCO mAP of an artifact or a PyTorch model (cached);
-* :mod:`benchmarks.context` — the GEMM peak and the BiFPN fusion ablation;
+* :mod:`benchmarks.limits` — this machine's FP32/INT8 peaks and memory bandwidth, measured honestly;
+* :mod:`benchmarks.context` — the BiFPN fusion ablation;
 * :mod:`benchmarks.matrix` — the measurement matrix: one :class:`~benchmarks.results.Row` each;
 * :mod:`benchmarks.results` — the row and result data model; :mod:`benchmarks.schema` its JSON Schema;
 * :mod:`benchmarks.report` — the printed table, ``results.json`` and ``results.csv``;

@@ -1,15 +1,4 @@
-"""Context for the table: this machine's float32 GEMM peak, and the BiFPN fusion ablation.
-
-**GEMM peak.** Square float32 matrix products (1024 and 2048 by default), best repeat, at the
-benchmark's thread count, with two libraries: ``torch.matmul`` (MKL; threads set at run time with
-``torch.set_num_threads``) and ``numpy.matmul`` (OpenBLAS; its threads read from environment
-variables at import, so they are pinned with ``threadpoolctl`` — skipped where that is missing).
-The peak is the better of the two: one library alone can understate a CPU (MKL does not pick its
-best kernels on every vendor's CPUs; OpenBLAS lags on others). Each FP32 row's *share of peak* is
-``2 × MACs / model-only p50 / peak``. EfficientDet's depthwise convolutions and element-wise work
-are memory-bound, so well below 100% is normal; a runtime that fuses batch norm and activations
-into its convolutions and keeps a blocked layout gets much closer than PyTorch eager. The figure
-says how much of the machine a runtime's kernels use, not how good the model is.
+"""Context for the table: the BiFPN fusion ablation (the machine's limits are :mod:`benchmarks.limits`).
 
 **Fusion ablation** (paper, section 3.3: fast normalized fusion runs 1.26-1.31x faster than
 softmax fusion on GPU). For each variant, the model is built three times with
@@ -35,91 +24,13 @@ from edgedet.profiling import LatencyStats
 
 from benchmarks.results import stats_dict
 
-__all__ = ["FUSIONS", "PAPER_FUSION_SPEEDUP", "fusion_ablation", "gemm_peak", "merge_gemm"]
+__all__ = ["FUSIONS", "PAPER_FUSION_SPEEDUP", "fusion_ablation"]
 
 log = logging.getLogger(__name__)
 
 FUSIONS: tuple[str, ...] = ("fast_normalized", "softmax", "sum")
 #: The paper's figure: fast normalized fusion vs softmax fusion, on GPU.
 PAPER_FUSION_SPEEDUP = "1.26-1.31x on GPU (EfficientDet paper, section 3.3)"
-
-
-def _best_gflops(matmul: Any, n: int, repeats: int, min_seconds: float) -> float:
-    """Best-repeat GFLOP/s of ``matmul()`` (one n×n×n float32 product per call)."""
-    matmul()  # warm-up: threads up, pages touched
-    best, count, spent = float("inf"), 0, 0.0
-    while count < 200 and (count < repeats or spent < min_seconds):
-        t0 = time.perf_counter()
-        matmul()
-        dt = time.perf_counter() - t0
-        best, count, spent = min(best, dt), count + 1, spent + dt
-    return round(2.0 * n ** 3 / best / 1e9, 2)
-
-
-def _numpy_threads(threads: int) -> Any:
-    """A context limiting numpy's BLAS to ``threads`` (threadpoolctl), or None if it cannot."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
-def gemm_peak(threads: int, sizes: Sequence[int] = (1024, 2048), repeats: int = 5,
-              min_seconds: float = 1.0) -> dict[str, Any]:
-    """Best float32 GEMM throughput (GFLOP/s, 2·n³ per n×n product) at ``threads`` threads.
-
-    Measured with ``torch.matmul`` (``torch.set_num_threads``) and, where ``threadpoolctl`` can
-    pin its BLAS threads, ``numpy.matmul``; the peak is the best of both. Each size is repeated at
-    least ``repeats`` times and for at least ``min_seconds`` (at most 200 times); the best repeat
-    counts, as the least disturbed one on a shared machine.
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    by_library: dict[str, dict[str, float]] = {"torch": {}}
-    started = time.perf_counter()
-    try:
-        rng = np.random.default_rng(0)
-        for n in sizes:
-            a = rng.random((n, n), dtype=np.float32)
-            b = rng.random((n, n), dtype=np.float32)
-            out = np.empty((n, n), dtype=np.float32)
-            ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
-            by_library["torch"][str(n)] = _best_gflops(lambda: torch.matmul(ta, tb, out=tout), n, repeats,
-                                                       min_seconds)
-            limits = _numpy_threads(threads)
-            if limits is not None:
-                with limits:
-                    by_library.setdefault("numpy", {})[str(n)] = _best_gflops(
-                        lambda: np.matmul(a, b, out=out), n, repeats, min_seconds)
-    finally:
-        torch.set_num_threads(previous)
-    best = {str(n): max(lib[str(n)] for lib in by_library.values() if str(n) in lib) for n in sizes}
-    peak = max(best.values())
-    log.info("GEMM peak: %.1f GFLOP/s (%s threads; %s)", peak, threads, by_library)
-    return {"method": "float32 matmul, best repeat, best of " + " and ".join(
-                {"torch": "torch.matmul (torch.set_num_threads)",
-                 "numpy": "numpy.matmul (BLAS threads pinned with threadpoolctl)"}[k] for k in by_library),
-            "threads": threads, "sizes": list(sizes), "repeats": repeats, "min_seconds": min_seconds,
-            "gflops_by_size": best, "by_library": by_library, "peak_gflops": peak,
-            "torch": torch.__version__, "numpy": np.__version__,
-            "seconds": round(time.perf_counter() - started, 2)}
-
-
-def merge_gemm(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """Two :func:`gemm_peak` measurements (before and after the matrix) as one: the best of each.
-
-    On a shared machine one measurement can land in a busy moment; the better one is nearer the
-    machine's real peak. ``passes`` keeps both peaks.
-    """
-    by_library = {lib: {n: max(v, second.get("by_library", {}).get(lib, {}).get(n, 0.0))
-                        for n, v in sizes.items()} for lib, sizes in first["by_library"].items()}
-    best = {n: max(v, second["gflops_by_size"].get(n, 0.0)) for n, v in first["gflops_by_size"].items()}
-    return {**first, "by_library": by_library, "gflops_by_size": best, "peak_gflops": max(best.values()),
-            "passes": [first["peak_gflops"], second["peak_gflops"]],
-            "seconds": round(first["seconds"] + second["seconds"], 2)}
 
 
 def _round_robin(calls: dict[str, Any], *, warmup: int, runs: int) -> dict[str, LatencyStats]:

@@ -24,6 +24,7 @@ from edgedet.detector import Artifact, find_artifacts
 
 from benchmarks import accuracy
 from benchmarks.exports import ExportSummary, VariantWeights
+from benchmarks.limits import peak_for
 from benchmarks.measure import TorchPipeline, load_detector, time_detector, time_torch
 from benchmarks.results import PYTORCH, Matrix, Row, stats_dict
 from benchmarks.targets import Target, pytorch_device
@@ -42,7 +43,7 @@ class MatrixSettings:
     warmup: int
     runs: int
     max_seconds: float | None  # per timed loop
-    peak_gflops: float | None = None  # for FP32 rows' share of peak
+    limits: dict | None = None  # the measured peaks (benchmarks.limits), for each row's share of peak
     eval_set: accuracy.EvalSet | None = None  # --coco-ann/--coco-images
     map_limit: int | None = None
     map_cache: Path | None = None
@@ -306,12 +307,13 @@ def run_matrix(planned: Sequence[Planned], frames: Sequence[np.ndarray], setting
     finally:
         bar.close()
         torch.set_num_threads(previous_threads)
-    finalize(matrix.rows, settings.peak_gflops)
+    finalize(matrix.rows, settings.limits)
     return matrix
 
 
-def finalize(rows: Sequence[Row], peak_gflops: float | None) -> None:
-    """Fill the derived columns: speed-up vs the variant's PyTorch row, GFLOP/s, share of peak."""
+def finalize(rows: Sequence[Row], limits: dict | None) -> None:
+    """Fill the derived columns: speed-up vs the variant's PyTorch row, G(FL)OP/s, and the share of the
+    measured peak of the row's precision (FP32 rows of the FP32 peak, INT8 rows of the INT8 peak)."""
     torch_p50 = {r.variant: r.model_p50() for r in rows if r.backend == PYTORCH and r.ok}
     macs = {r.variant: r.macs for r in rows if r.macs}
     for r in rows:
@@ -325,8 +327,9 @@ def finalize(rows: Sequence[Row], peak_gflops: float | None) -> None:
             r.speedup_vs_pytorch = round(base / p50, 3)
         if r.macs and p50:
             r.gflops = round(2.0 * r.macs / (p50 / 1000.0) / 1e9, 2)
-            if peak_gflops and r.precision == "fp32":
-                r.peak_share = round(r.gflops / peak_gflops, 4)
+            peak = peak_for(limits, r.precision)
+            if peak:
+                r.peak_share = round(r.gflops / peak, 4)
 
 
 class _NoBar:

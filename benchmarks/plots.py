@@ -157,22 +157,28 @@ def plot_parity(rows: Sequence[Row], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_peak_share(rows: Sequence[Row], peak_gflops: float | None, path: Path) -> Path | None:
-    """Achieved GFLOP/s (2·MACs / model-only p50) of the FP32 rows, against the GEMM peak."""
-    ok = [r for r in rows if r.ok and r.precision == "fp32" and r.gflops]
-    if not ok or not peak_gflops:
+def plot_peak_share(rows: Sequence[Row], limits: dict[str, Any], path: Path) -> Path | None:
+    """Share of the measured peak of their precision (FP32, INT8) reached by the rows, one panel each."""
+    panels = [(kind, [r for r in rows if r.ok and r.precision == kind and r.peak_share is not None])
+              for kind in ("fp32", "int8") if limits.get(kind)]
+    panels = [(kind, ok) for kind, ok in panels if ok]
+    if not panels:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(ok) + 1.5))
-    names = [f"{r.variant} {r.backend}" for r in ok]
-    ax.barh(names, [r.gflops for r in ok], color=[_BACKEND_COLOR.get(r.backend) for r in ok])
-    ax.axvline(peak_gflops, color="red", linestyle="--", label=f"GEMM peak {peak_gflops:.0f} GFLOP/s")
-    for i, r in enumerate(ok):
-        ax.text(r.gflops, i, f" {100 * (r.peak_share or 0):.0f}%", va="center", fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("achieved GFLOP/s (2 x MACs / model-only p50)")
-    ax.set_title("FP32 rows: share of this machine's GEMM peak")
-    ax.legend(fontsize=8)
+    height = 0.3 * max(len(ok) for _, ok in panels) + 1.6
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), height), squeeze=False)
+    for ax, (kind, ok) in zip(axes[0], panels):
+        peak = limits[kind]
+        ax.barh([f"{r.variant} {r.backend}" for r in ok], [100 * r.peak_share for r in ok],
+                color=[_BACKEND_COLOR.get(r.backend) for r in ok])
+        ax.axvline(100, color="red", linestyle="--",
+                   label=f"measured {kind.upper()} peak {peak['peak']:.0f} G{'FLOP' if kind == 'fp32' else 'OP'}/s "
+                         f"({peak['winner']})")
+        ax.invert_yaxis()
+        ax.set_xlabel(f"% of the {kind.upper()} peak (2 x MACs / model-only p50)")
+        ax.set_title(f"{kind.upper()} rows")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Share of this machine's measured peak")
     return _save(fig, path)
 
 
@@ -201,12 +207,12 @@ def plot_all(rows: Sequence[Row], context: dict[str, Any], out_dir: Path) -> tup
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     notes: list[str] = []
-    gemm = context.get("gemm") or {}
+    found_limits = context.get("limits") or {}
     jobs = [
         ("latency.png", lambda p: plot_latency(rows, p), "no measured rows: no latency plot"),
         ("accuracy_vs_latency.png", lambda p: plot_accuracy(rows, p), None),
-        ("peak_share.png", lambda p: plot_peak_share(rows, gemm.get("peak_gflops"), p),
-         "no FP32 row with MACs or no GEMM peak: no peak-share plot"),
+        ("peak_share.png", lambda p: plot_peak_share(rows, found_limits, p),
+         "no FP32/INT8 row with MACs or no measured peak: no peak-share plot"),
         ("fusion_ablation.png", lambda p: plot_fusion(context.get("fusion_ablation"), p), None),
     ]
     for name, make, missing in jobs:

@@ -143,14 +143,30 @@ def _threads(n: int) -> str:
     return f"{n} thread" + ("" if n == 1 else "s")
 
 
-def format_context(context: dict[str, Any]) -> str:
-    """The GEMM peak and fusion-ablation lines printed under the table."""
+def format_limits(limits: dict[str, Any]) -> list[str]:
+    """The measured peaks with their winning kernel, the bandwidth, and the theoretical peaks."""
     lines = []
-    gemm = context.get("gemm")
-    if gemm:
-        sizes = ", ".join(f"{n}: {g:.1f}" for n, g in gemm["gflops_by_size"].items())
-        lines.append(f"GEMM peak ({_threads(gemm['threads'])}, {gemm['method']}): "
-                     f"{gemm['peak_gflops']:.1f} GFLOP/s  [{sizes}]")
+    theory = limits.get("theoretical") or {}
+    for kind, unit, bound in (("fp32", "GFLOP/s", theory.get("fp32_gflops")), ("int8", "GOPS", theory.get("int8_gops"))):
+        entry = limits.get(kind)
+        if not entry:
+            continue
+        others = ", ".join(f"{k} {max(v.values()):.0f}" for k, v in entry["by_kernel"].items())
+        lines.append(f"{kind.upper()} peak ({_threads(limits['threads'])}): {entry['peak']:.1f} {unit} by {entry['winner']} "
+                     f"[{others}]" + (f"; theoretical {bound:.0f} at the reported {theory['clock_ghz']} GHz"
+                                      if bound else ""))
+    memory = limits.get("memory")
+    if memory:
+        lines.append(f"Memory bandwidth: {memory['peak_gbps']:.1f} GB/s by {memory['winner']}")
+    return lines
+
+
+def format_context(context: dict[str, Any]) -> str:
+    """The machine's limits and the fusion-ablation lines printed under the table."""
+    lines = []
+    found = context.get("limits")
+    if found:
+        lines.extend(format_limits(found))
     abl = context.get("fusion_ablation")
     if abl:
         lines.append(f"BiFPN fusion ablation ({abl['method']}, {_threads(abl['threads'])}, {abl['runs']} runs; "

@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch threads of the fusion ablation (default: %(default)s: it compares small "
                           "operators, and one thread is immune to the barrier stalls other processes cause)")
     ctx.add_argument("--gemm-sizes", default="1024,2048", metavar="LIST",
-                     help="square GEMM sizes for the peak GFLOP/s (default: %(default)s; 'none' skips it)")
+                     help="square MatMul sizes for the measured FP32 and INT8 peaks, probed with every kernel "
+                          "the runtimes offer, plus memory bandwidth (default: %(default)s; 'none' skips them)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, metavar="DIR",
                      help="results directory (default: benchmarks/results/<UTC timestamp>/)")
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from converters import ConvertError, parse_variants
 
-    from benchmarks import accuracy, context, exports, matrix, plots, report
+    from benchmarks import accuracy, context, exports, limits, matrix, plots, report
     from benchmarks.results import Matrix
     from benchmarks.schema import SCHEMA_VERSION
     from benchmarks.targets import TargetError, resolve_formats
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     machine = report.machine_info(args.threads)
     export_summary = exports.ExportSummary(skipped=bool(args.skip_export))
-    ctx: dict[str, Any] = {"gemm": None, "fusion_ablation": None}
+    ctx: dict[str, Any] = {"limits": None, "fusion_ablation": None}
     result = Matrix()
     notes: list[str] = []
     interrupted = False
@@ -236,19 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = matrix.collect_artifacts(models_dir, variants, [t.backend for t in runnable], args.precisions)
         planned = matrix.plan_rows(variants, targets, args.precisions, found, weights, export_summary, args.device)
         if gemm_sizes:
-            ctx["gemm"] = context.gemm_peak(args.threads, gemm_sizes)
+            ctx["limits"] = limits.measure_limits(args.threads, gemm_sizes)
         from benchmarks.measure import bench_frames
 
         settings = matrix.MatrixSettings(
             device=args.device, threads=args.threads, warmup=args.warmup, runs=args.runs,
-            max_seconds=args.max_row_seconds, peak_gflops=(ctx["gemm"] or {}).get("peak_gflops"),
+            max_seconds=args.max_row_seconds, limits=ctx["limits"],
             eval_set=eval_set, map_limit=map_limit, map_cache=models_dir / accuracy.CACHE_NAME,
             with_map=not args.no_map)
         with _redirect_logging(progress):
             result = matrix.run_matrix(planned, bench_frames(args.frame_size), settings, weights, progress=progress)
         interrupted = result.interrupted
         if gemm_sizes and not interrupted:  # again after the matrix: the better pass counts
-            ctx["gemm"] = context.merge_gemm(ctx["gemm"], context.gemm_peak(args.threads, gemm_sizes))
+            ctx["limits"] = limits.merge_limits(ctx["limits"], limits.measure_limits(args.threads, gemm_sizes))
         if ablation and not interrupted:
             ctx["fusion_ablation"] = context.fusion_ablation(ablation, args.ablation_threads,
                                                              runs=args.ablation_runs, warmup=min(args.warmup, 3))
@@ -258,7 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # ---------------------------------------------------------------------------- outputs
     rows = result.rows
-    matrix.finalize(rows, (ctx["gemm"] or {}).get("peak_gflops"))
+    matrix.finalize(rows, ctx["limits"])
+    problems = limits.share_problems(rows)
+    for problem in problems:  # physically impossible: a probe is wrong, and the run says so
+        log.error("%s", problem)
+    notes.extend(f"PROBLEM: {p}" for p in problems)
     for w in weights.values():
         notes.extend(f"{w.variant}: {n}" for n in w.notes)
     if any(r.runtime_precision and "bf16" in r.runtime_precision.lower() for r in rows):

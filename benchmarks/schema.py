@@ -80,6 +80,12 @@ ROW = {
     "additionalProperties": False,
 }
 
+#: One measured peak (benchmarks.limits): the best kernel's G(FL)OP/s, which kernel, and every kernel's figures.
+_PEAK = {"type": ["object", "null"], "required": ["peak", "winner", "by_kernel"],
+         "properties": {"peak": {"type": "number", "minimum": 0}, "winner": {"type": "string"},
+                        "by_kernel": {"type": "object", "additionalProperties": {
+                            "type": "object", "additionalProperties": _NUM}}}}
+
 _FUSION_LATENCIES = {"type": "object", "required": ["fast_normalized", "softmax", "sum"],
                      "additionalProperties": LATENCY}
 
@@ -147,12 +153,18 @@ RESULTS_SCHEMA: dict[str, Any] = {
         },
         "context": {
             "type": "object",
-            "required": ["gemm", "fusion_ablation"],
+            "required": ["limits", "fusion_ablation"],
             "properties": {
-                "gemm": {"type": ["object", "null"], "required": ["method", "threads", "peak_gflops", "gflops_by_size"],
-                         "properties": {"peak_gflops": {"type": "number", "minimum": 0},
-                                        "threads": {"type": "integer"},
-                                        "gflops_by_size": {"type": "object", "additionalProperties": _NUM}}},
+                "limits": {"type": ["object", "null"],
+                           "required": ["threads", "sizes", "fp32", "int8", "memory", "theoretical"],
+                           "properties": {"threads": {"type": "integer"},
+                                          "fp32": _PEAK, "int8": _PEAK,
+                                          "memory": {"type": "object", "required": ["peak_gbps", "winner", "by_kernel"],
+                                                     "properties": {"peak_gbps": {"type": "number", "minimum": 0},
+                                                                    "by_kernel": {"type": "object",
+                                                                                  "additionalProperties": _NUM}}},
+                                          "theoretical": {"type": "object",
+                                                          "required": ["fp32_gflops", "int8_gops", "clock_ghz"]}}},
                 "fusion_ablation": {
                     "type": ["object", "null"], "required": ["method", "threads", "runs", "paper", "variants"],
                     "properties": {"variants": {"type": "object", "additionalProperties": {

@@ -69,14 +69,17 @@ def test_smallest_benchmark(models, tmp_path, capsys):
         assert row["speedup_vs_pytorch"] > 0 and row["macs"] > 0 and row["weights"] == "random"
         assert row["map"] is None  # random weights: no mAP
     assert rows[("onnxruntime", "fp32")]["peak_share"] > 0
-    assert rows[("onnxruntime", "int8")]["peak_share"] is None  # FP32 rows only
+    assert rows[("onnxruntime", "int8")]["peak_share"] > 0  # of the INT8 peak
+    assert rows[("onnxruntime", "fp16")]["peak_share"] is None  # a CPU has no FP16 peak of its own
     assert rows[("onnxruntime", "int8")]["parity"]["cls_cosine"] > 0.99  # copied from the manifest
     assert rows[("pytorch", "fp32")]["speedup_vs_pytorch"] == 1.0
     # The reference row runs the artifacts' own (realistic random) weights, not another network.
     assert rows[("pytorch", "fp32")]["weights_source"] == rows[("onnxruntime", "fp32")]["weights_source"]
 
-    gemm, ablation = results["context"]["gemm"], results["context"]["fusion_ablation"]
-    assert gemm["peak_gflops"] > 0 and list(gemm["gflops_by_size"]) == ["128"]
+    found, ablation = results["context"]["limits"], results["context"]["fusion_ablation"]
+    assert found["fp32"]["peak"] > 0 and found["int8"]["peak"] > 0 and found["memory"]["peak_gbps"] > 0
+    assert {"openvino", "onnxruntime", "torch", "numpy"} <= set(found["fp32"]["by_kernel"])
+    assert found["fp32"]["winner"] in found["fp32"]["by_kernel"] and found["sizes"] == [128]
     entry = ablation["variants"]["lite0"]
     assert entry["fast_vs_softmax_bifpn"] > 0 and set(entry["bifpn_ms"]) == {"fast_normalized", "softmax", "sum"}
 
@@ -89,7 +92,7 @@ def test_smallest_benchmark(models, tmp_path, capsys):
     for name in ("latency.png", "parity_vs_latency.png", "peak_share.png", "fusion_ablation.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
         assert name in results["plots"]
-    assert "lite0" in printed and "onnxruntime" in printed and "GEMM peak" in printed
+    assert "lite0" in printed and "onnxruntime" in printed and "FP32 peak" in printed and "INT8 peak" in printed
 
 
 def test_ctrl_c_keeps_measured_rows(models, tmp_path, monkeypatch):
@@ -107,7 +110,7 @@ def test_ctrl_c_keeps_measured_rows(models, tmp_path, monkeypatch):
     assert results["interrupted"] is True
     assert [(r["backend"], r["status"]) for r in results["rows"]] == [("pytorch", "ok")]
     assert results["not_measured"] == ["lite0/onnxruntime-fp32", "lite0/onnxruntime-int8"]
-    assert results["context"] == {"gemm": None, "fusion_ablation": None}
+    assert results["context"] == {"limits": None, "fusion_ablation": None}
 
 
 def test_device_without_runtime_is_a_clear_error(tmp_path, capsys, monkeypatch):
