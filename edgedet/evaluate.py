@@ -4,6 +4,8 @@
   (pycocotools if that is missing): ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (COCO's
   ``stats[0:6]``; ``-1`` where the file has no object of that size).
 * :func:`evaluate_artifact` runs an exported artifact through :class:`edgedet.Detector`'s pipeline.
+* :func:`evaluate_directory` scores every artifact of a directory, its images sharded over tasks run
+  here or on a Ray cluster (:mod:`edgedet.cluster`), merged and scored once: the local figures.
 * :func:`run_and_score` is the loop both use: frames read with OpenCV, a ``detect`` callable,
   COCO metrics. :func:`edgedet.model.evaluate.evaluate_model` runs a PyTorch model through it
   with the same pre/post-processing, so a model and its artifacts give the same mAP for the same
@@ -35,8 +37,8 @@ from edgedet.detections import Detections
 if TYPE_CHECKING:
     from edgedet.detector import Detector
 
-__all__ = ["EVAL_SCORE_THRESHOLD", "METRIC_KEYS", "category_mapping", "coco_map", "evaluate_artifact",
-           "load_dataset", "run_and_score", "to_coco_results"]
+__all__ = ["EVAL_SCORE_THRESHOLD", "METRIC_KEYS", "category_mapping", "coco_map", "detect_shard",
+           "evaluate_artifact", "evaluate_directory", "load_dataset", "run_and_score", "to_coco_results"]
 
 log = logging.getLogger(__name__)
 
@@ -282,3 +284,95 @@ def evaluate_artifact(models: str | os.PathLike[str] | Detector, ann_file: AnnSo
                           num_classes=len(artifact.manifest.labels), progress=progress,
                           desc=f"eval {artifact.name}", limit=limit,
                           return_detections=return_detections)
+
+
+# ------------------------------------------------------------------------------- many artifacts, sharded
+
+def evaluate_directory(models: str | os.PathLike[str], ann_file: AnnSource, images_dir: str | os.PathLike[str], *,
+                       executor: str = "local", ray_address: str | None = None, shards: int = 4,
+                       threads: int | None = 1, score_threshold: float = EVAL_SCORE_THRESHOLD,
+                       iou_threshold: float = 0.5, max_detections: int = 100, limit: int | None = None,
+                       progress: bool = False) -> dict[str, dict[str, float]]:
+    """COCO metrics of every artifact under ``models``: ``{artifact name: metrics}``.
+
+    Each artifact's images are split into ``shards`` tasks (``executor="local"``: one after another
+    in this process; ``"ray"``: as tasks of the Ray cluster at ``ray_address``). A task gets the
+    artifact's files and its images as bytes (no shared file system needed), verifies the files
+    against the manifest, and returns its detections; the driver merges them and scores once, so the
+    figures are the same as a local run's. ``threads`` per task (1: one per CPU Ray schedules).
+    """
+    from edgedet.cluster import check_executor, run_tasks
+    from edgedet.detector import find_artifacts
+
+    check_executor(executor)
+    data = load_dataset(ann_file)
+    images = data["images"] if limit is None else data["images"][:limit]
+    if limit is not None:
+        keep = {int(i["id"]) for i in images}
+        data = {**data, "images": images, "annotations": [a for a in data["annotations"] if int(a["image_id"]) in keep]}
+    encoded = [(int(img["id"]), _read_bytes(Path(images_dir) / img["file_name"])) for img in images]
+    count = max(1, min(shards, len(encoded)))
+    chunks = [encoded[i::count] for i in range(count)]
+    post = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_detections": max_detections,
+            "threads": threads}
+    artifacts = find_artifacts(models)
+    if not artifacts:
+        raise FileNotFoundError(f"no artifacts (*/manifest.json) under {models}")
+    jobs, owners = [], []
+    for artifact in artifacts:
+        files = {name: (artifact.directory / name).read_bytes()
+                 for name in ("manifest.json", *artifact.manifest.files)}
+        for chunk in chunks:
+            jobs.append((files, chunk, post))
+            owners.append(artifact)
+    outcomes = run_tasks(detect_shard, jobs, executor=executor, address=ray_address, num_cpus=threads or 1,
+                         desc="evaluate", progress=progress)
+    results: dict[str, dict[str, float]] = {}
+    for artifact in artifacts:
+        mine = [o for o, owner in zip(outcomes, owners) if owner is artifact]
+        failed = [o.error for o in mine if not o.ok]
+        if failed:
+            raise RuntimeError(f"evaluating {artifact.name}: {len(failed)} of {len(mine)} shards failed: {failed[0]}")
+        labels = tuple(artifact.manifest.labels)
+        detections = {image_id: Detections(xyxy=xyxy, confidence=conf, class_id=cls, labels=labels)
+                      for o in mine for image_id, xyxy, conf, cls in o.value}
+        results[artifact.name] = coco_map(detections, data, num_classes=len(labels))
+        log.info("eval %s: AP %.4f AP50 %.4f on %d images in %d shards (%s)", artifact.name,
+                 results[artifact.name]["AP"], results[artifact.name]["AP50"], len(detections), count, executor)
+    return results
+
+
+def detect_shard(files: Mapping[str, bytes], images: Sequence[tuple[int, bytes]],
+                 post: Mapping[str, Any]) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """One evaluation task: write the artifact's ``files`` to a scratch directory, serve it as the
+    Detector does, and detect in each encoded image: ``[(image_id, xyxy, confidence, class_id)]``."""
+    import tempfile
+
+    from edgedet.detector import Detector
+    from edgedet.manifest import MANIFEST_NAME, Manifest
+
+    with tempfile.TemporaryDirectory(prefix="edgedet-eval-") as scratch:
+        root = Path(scratch) / "artifact"
+        for name, content in files.items():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        m = Manifest.load(root / MANIFEST_NAME)
+        detector = Detector(variant=m.variant, models=root, backend=m.backend, precision=m.precision,
+                            profile_cache=False, **post)
+        batch = m.input.batch_size
+        out = []
+        for image_id, content in images:
+            frame = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise ValueError(f"image {image_id} is not a readable image")
+            found = detector.pipeline([frame] * batch)[0]
+            out.append((image_id, found.xyxy, found.confidence, found.class_id))
+        return out
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read image {path}: {exc}") from exc
