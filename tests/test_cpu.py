@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cgroup import cpu_quota
+from benchmarks.cpu_quota import cpu_quota
 from edgedet.cpu import cgroup_cpu_limit, resolve_threads, usable_cores
 
 PROBE = ("import json\nfrom edgedet.cpu import cgroup_cpu_limit, usable_cores\n"

@@ -1,5 +1,6 @@
-"""A real CPU quota for tests: a child cgroup (v1 ``cpu`` controller, else v2 ``cpu.max``) that a
-process joins. Needs root, as in CI and the developers' machines; the group is removed afterwards."""
+"""A real CPU quota: a child cgroup (v1 ``cpu`` controller, else v2 ``cpu.max``) that processes join,
+whose limit can change while they run — how the scenario benchmark slows this machine down, and how
+tests give a process fewer cores. Needs root; the group is removed afterwards."""
 from __future__ import annotations
 
 import contextlib
@@ -26,6 +27,7 @@ class CpuQuota:
             (self.directory / "cpu.cfs_quota_us").write_text("-1" if cores is None else str(int(cores * PERIOD_US)))
 
     def add(self, pid: int) -> None:
+        """Move process ``pid`` (all its threads) into this group."""
         (self.directory / "cgroup.procs").write_text(str(pid))
 
     def join_command(self) -> str:
@@ -34,7 +36,7 @@ class CpuQuota:
 
 
 @contextlib.contextmanager
-def cpu_quota(cores: float | None, name: str = "edgedet-test") -> Iterator[CpuQuota]:
+def cpu_quota(cores: float | None, name: str = "edgedet-quota") -> Iterator[CpuQuota]:
     """A fresh child cgroup limited to ``cores``; its members go back to the root group on exit."""
     if (ROOT / "cpu" / "cpu.cfs_quota_us").exists():
         parent, v2 = ROOT / "cpu", False
