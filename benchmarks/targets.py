@@ -3,7 +3,7 @@
 ``--device`` names a *target*; each runtime maps it to its own device, or lacks it:
 
 =========  =====================  ============  ========  ==============================
---device   onnxruntime            OpenVINO      TFLite    PyTorch eager (reference row)
+--device   onnxruntime            OpenVINO      TFLite    torch (eager reference row)
 =========  =====================  ============  ========  ==============================
 cpu        CPUExecutionProvider   CPU           CPU       cpu
 gpu        -                      GPU           -         cpu
