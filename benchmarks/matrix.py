@@ -21,13 +21,14 @@ import numpy as np
 
 from edgedet.config import get_config
 from edgedet.detector import Artifact, find_artifacts
+from edgedet.manifest import WeightsInfo
 
 from benchmarks import accuracy
 from benchmarks.exports import ExportSummary, VariantWeights
 from benchmarks.limits import peak_for
-from benchmarks.measure import TorchPipeline, load_detector, time_detector, time_torch
-from benchmarks.results import PYTORCH, Matrix, Row, stats_dict
-from benchmarks.targets import Target, pytorch_device
+from benchmarks.measure import load_detector, time_detector, time_pipeline, torch_pipeline
+from benchmarks.results import TORCH, Matrix, Row, stats_dict
+from benchmarks.targets import Target, torch_device
 
 __all__ = ["MatrixSettings", "Planned", "collect_artifacts", "finalize", "plan_rows", "run_matrix"]
 
@@ -104,7 +105,7 @@ def plan_rows(variants: Sequence[str], targets: Sequence[Target], precisions: Se
     """One planned row per variant (PyTorch) and per (variant, format, precision) requested."""
     planned: list[Planned] = []
     for variant in variants:
-        row = _base_row(variant, PYTORCH, None, "fp32", pytorch_device(device))
+        row = _base_row(variant, TORCH, None, "fp32", torch_device(device))
         planned.append(Planned(row))
         for t in targets:
             for precision in precisions:
@@ -188,9 +189,10 @@ def _measure_torch(p: Planned, planned: Sequence[Planned], frames: Sequence[np.n
     row.size_mb = round(sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6, 3)
     row.runtime_version = torch.__version__
     macs = count_macs(model, int(model.image_size))
-    pipe = TorchPipeline(model, device=row.device or "cpu")
+    pipe = torch_pipeline(model, device=row.device or "cpu",
+                          weights=WeightsInfo(resolved.source, resolved.sha256, resolved.random))
     row.load_seconds = round(time.perf_counter() - started, 3)
-    timing = time_torch(pipe, frames, warmup=s.warmup, runs=s.runs, max_seconds=s.max_seconds)
+    timing = time_pipeline(pipe, frames, warmup=s.warmup, runs=s.runs, max_seconds=s.max_seconds)
     _fill_timing(row, timing)
     eval_set = _eval_set(row, chosen, s)
     if eval_set is not None:
@@ -281,7 +283,7 @@ def run_matrix(planned: Sequence[Planned], frames: Sequence[np.ndarray], setting
             bar.set_description(row.name)
             chosen = weights.get(row.variant)
             try:
-                if row.backend == PYTORCH:
+                if row.backend == TORCH:
                     macs[row.variant], note = _measure_torch(p, planned, frames, settings, chosen, cache)
                     if note:
                         row.reason = note
@@ -312,9 +314,9 @@ def run_matrix(planned: Sequence[Planned], frames: Sequence[np.ndarray], setting
 
 
 def finalize(rows: Sequence[Row], limits: dict | None) -> None:
-    """Fill the derived columns: speed-up vs the variant's PyTorch row, G(FL)OP/s, and the share of the
+    """Fill the derived columns: speed-up vs the variant's torch row, G(FL)OP/s, and the share of the
     measured peak of the row's precision (FP32 rows of the FP32 peak, INT8 rows of the INT8 peak)."""
-    torch_p50 = {r.variant: r.model_p50() for r in rows if r.backend == PYTORCH and r.ok}
+    torch_p50 = {r.variant: r.model_p50() for r in rows if r.backend == TORCH and r.ok}
     macs = {r.variant: r.macs for r in rows if r.macs}
     for r in rows:
         if not r.ok:
@@ -324,7 +326,7 @@ def finalize(rows: Sequence[Row], limits: dict | None) -> None:
             r.macs = macs.get(r.variant)
         base = torch_p50.get(r.variant)
         if base and p50:
-            r.speedup_vs_pytorch = round(base / p50, 3)
+            r.speedup_vs_torch = round(base / p50, 3)
         if r.macs and p50:
             r.gflops = round(2.0 * r.macs / (p50 / 1000.0) / 1e9, 2)
             peak = peak_for(limits, r.precision)

@@ -1,4 +1,4 @@
-"""Timing one artifact or one PyTorch model: the frames, the loops, the two latencies.
+"""Timing one artifact or one live PyTorch model: the frames, the loops, the latencies.
 
 Three figures per row, timed in one interleaved loop (a model-only call, an end-to-end call, then
 a post-processing call per round: all see the same load on a shared machine), after untimed
@@ -6,10 +6,11 @@ warm-up rounds and with Python's garbage collector paused during the loop (it ru
 instead):
 
 * **model-only**: ``backend.run(batch)`` on batches preprocessed beforehand from the frames
-  (PyTorch: ``model(tensor)`` under ``torch.inference_mode``);
+  (torch: :class:`~edgedet.backends.torch.TorchBackend` around the live model, ``model(x)``
+  under ``torch.inference_mode`` with the numpy ↔ tensor copies at its edges, as every backend);
 * **end-to-end**: what :class:`edgedet.Detector` does per frame: preprocess (letterbox, normalize)
-  + run + decode + NMS + mapping boxes to the frame, via :class:`edgedet.detector.Pipeline`
-  (PyTorch: the same preprocess/postprocess functions around ``model``);
+  + run + decode + NMS + mapping boxes to the frame, via :class:`edgedet.pipeline.Pipeline`
+  (torch: the same Pipeline around the live model, :meth:`TorchBackend.from_module`);
 * **post-processing**: decode + NMS + mapping boxes, on the model outputs of the same frame
   (computed beforehand): its share of the end-to-end latency is what the hot path adds.
 
@@ -28,13 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from edgedet.detections import Detections
 from edgedet.detector import Artifact, Detector
-from edgedet.postprocess import DEFAULT_SCORE_THRESHOLD
+from edgedet.pipeline import Pipeline
 from edgedet.profiling import LatencyStats
 
-__all__ = ["Timing", "TorchPipeline", "bench_frames", "gc_paused", "load_detector", "time_detector",
-           "time_pair", "time_torch"]
+__all__ = ["Timing", "bench_frames", "gc_paused", "load_detector", "torch_pipeline", "time_detector",
+           "time_pair", "time_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -110,80 +110,44 @@ def load_detector(artifact: Artifact, *, device: str, threads: int) -> Detector:
 
 def time_detector(detector: Detector, frames: Sequence[np.ndarray], *, warmup: int, runs: int,
                   max_seconds: float | None = None) -> Timing:
-    """Model-only (``backend.run`` on preprocessed batches), end-to-end (``detector(frame)``) and
-    post-processing (``pipeline.decode`` on the outputs of the same frames)."""
-    pipeline = detector.pipeline  # the loaded Pipeline: its backend and its own preprocessing
+    """:func:`time_pipeline` of the detector's pipeline, end to end as the detector serves a frame
+    (``detector(frame)``; a fixed-batch artifact: a full batch per call, latency per call)."""
     batch_size = detector.artifact.manifest.input.batch_size
+    if batch_size == 1:
+        def e2e(frame: np.ndarray) -> Any:
+            return detector(frame)
+    else:
+        def e2e(frame: np.ndarray) -> Any:
+            return detector.detect_batch([frame] * batch_size)
+    return time_pipeline(detector.pipeline, frames, warmup=warmup, runs=runs, max_seconds=max_seconds, e2e=e2e)
+
+
+def time_pipeline(pipeline: Pipeline, frames: Sequence[np.ndarray], *, warmup: int, runs: int,
+                  max_seconds: float | None = None, e2e: Callable[[np.ndarray], Any] | None = None) -> Timing:
+    """Model-only (``backend.run`` on batches preprocessed beforehand), end-to-end (``e2e(frame)``,
+    default: the pipeline on one frame) and post-processing (``pipeline.decode`` on the outputs of
+    the same frames), interleaved (:func:`time_pair`)."""
+    batch_size = pipeline.manifest.input.batch_size
     prepared = [pipeline.prepare([f] * batch_size) for f in frames]
     batches = [batch for batch, _ in prepared]
     backend = pipeline.backend
     decoded = [(backend.run(batch), letterboxes) for batch, letterboxes in prepared]
-    if batch_size == 1:
-        def e2e(i: int) -> Any:
-            return detector(frames[i % len(frames)])
-    else:  # a fixed-batch artifact: a full batch per call, latency per call
-        def e2e(i: int) -> Any:
-            return detector.detect_batch([frames[i % len(frames)]] * batch_size)
-    return time_pair(lambda i: backend.run(batches[i % len(batches)]), e2e, warmup=warmup, runs=runs,
-                     max_seconds=max_seconds, post_call=lambda i: pipeline.decode(*decoded[i % len(decoded)]))
+    if e2e is None:
+        def e2e(frame: np.ndarray) -> Any:
+            return pipeline([frame])
+    return time_pair(lambda i: backend.run(batches[i % len(batches)]), lambda i: e2e(frames[i % len(frames)]),
+                     warmup=warmup, runs=runs, max_seconds=max_seconds,
+                     post_call=lambda i: pipeline.decode(*decoded[i % len(decoded)]))
 
 
 # ------------------------------------------------------------------------------------ PyTorch
 
 
-class TorchPipeline:
-    """A PyTorch EfficientDet with the runtime's own pre- and post-processing around it (as
-    :func:`edgedet.model.evaluate.evaluate_model` runs it): the eager reference of the table."""
+def torch_pipeline(model: Any, *, device: str = "cpu", weights: Any = None) -> Pipeline:
+    """The live PyTorch ``model`` (moved to ``device``, in eval mode) in the runtime's own
+    :class:`~edgedet.pipeline.Pipeline`: the eager reference row of the table. ``weights``: the
+    manifest's :class:`~edgedet.manifest.WeightsInfo`, where the caller knows it."""
+    from edgedet.backends.torch import TorchBackend
 
-    def __init__(self, model: Any, *, device: str = "cpu", score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-                 iou_threshold: float = 0.5, max_detections: int = 100) -> None:
-        import torch
-
-        from edgedet.anchors import generate_anchors
-
-        self.torch = torch
-        self.model = model.to(device).eval()
-        self.device = device
-        self.config = model.config
-        self.size = int(getattr(model, "image_size", self.config.image_size))
-        self.anchors = generate_anchors(self.config, self.size)
-        self.post = dict(score_threshold=score_threshold, iou_threshold=iou_threshold,
-                         max_detections=max_detections)
-
-    def prepare(self, frame: np.ndarray) -> tuple[Any, list]:
-        from edgedet.preprocess import preprocess
-
-        norm = self.config.normalization
-        batch, boxes = preprocess([frame], self.size, norm.mean, norm.std, layout="NCHW")
-        return self.torch.from_numpy(batch).to(self.device), boxes
-
-    def run(self, x: Any) -> tuple[Any, Any]:
-        with self.torch.inference_mode():
-            cls, box = self.model(x)
-            if self.device != "cpu":
-                self.torch.cuda.synchronize()
-        return cls, box
-
-    def decode(self, outputs: tuple[Any, Any], letterboxes: list) -> Detections:
-        from edgedet.postprocess import postprocess
-
-        cls, box = outputs
-        boxes, scores, classes = postprocess(cls[0].float().cpu().numpy(), box[0].float().cpu().numpy(),
-                                             self.anchors, **self.post)
-        letterboxes[0].to_frame(boxes)
-        return Detections(xyxy=boxes, confidence=scores, class_id=classes)
-
-    def __call__(self, frame: np.ndarray) -> Detections:
-        x, letterboxes = self.prepare(frame)
-        return self.decode(self.run(x), letterboxes)
-
-
-def time_torch(pipeline: TorchPipeline, frames: Sequence[np.ndarray], *, warmup: int, runs: int,
-               max_seconds: float | None = None) -> Timing:
-    """Model-only (``model(x)``) and end-to-end latency of the PyTorch eager model."""
-    prepared = [pipeline.prepare(f) for f in frames]
-    inputs = [x for x, _ in prepared]
-    decoded = [(pipeline.run(x), letterboxes) for x, letterboxes in prepared]
-    return time_pair(lambda i: pipeline.run(inputs[i % len(inputs)]), lambda i: pipeline(frames[i % len(frames)]),
-                     warmup=warmup, runs=runs, max_seconds=max_seconds,
-                     post_call=lambda i: pipeline.decode(*decoded[i % len(decoded)]))
+    backend = TorchBackend.from_module(model.to(device).eval(), device=device)
+    return Pipeline(backend.manifest(weights=weights), backend)

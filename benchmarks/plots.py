@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results import PYTORCH, Row
+from benchmarks.results import TORCH, Row
 
 __all__ = ["pareto_front", "plot_all"]
 
 log = logging.getLogger(__name__)
 
 _PRECISION_STYLE = {"fp32": "o", "fp16": "s", "int8": "^"}
-_BACKEND_COLOR = {"onnxruntime": "tab:blue", "openvino": "tab:purple", "tflite": "tab:orange", PYTORCH: "black"}
+_BACKEND_COLOR = {"onnxruntime": "tab:blue", "openvino": "tab:purple", "tflite": "tab:orange", TORCH: "black"}
 
 
 def _pyplot() -> Any:
@@ -66,16 +66,16 @@ def plot_latency(rows: Sequence[Row], path: Path) -> Path | None:
     order = _variant_order(ok)
     x_of = {v: i for i, v in enumerate(order)}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(order) + 4), 4.8))
-    series = sorted({(r.backend, r.precision) for r in ok}, key=lambda s: (s[0] == PYTORCH, s))
+    series = sorted({(r.backend, r.precision) for r in ok}, key=lambda s: (s[0] == TORCH, s))
     for backend, precision in series:
         pts = sorted(((x_of[r.variant], r.e2e_p50(), r.family) for r in ok
                       if (r.backend, r.precision) == (backend, precision)), key=lambda t: t[0])
-        label = f"{backend} {precision}" if backend != PYTORCH else "PyTorch eager fp32"
+        label = f"{backend} {precision}" if backend != TORCH else "torch fp32 (eager)"
         for i, family in enumerate(sorted({f for _, _, f in pts})):
             xs = [x for x, _, f in pts if f == family]
             ys = [y for _, y, f in pts if f == family]
             ax.plot(xs, ys, marker=_PRECISION_STYLE.get(precision, "o"), color=_BACKEND_COLOR.get(backend),
-                    linestyle="--" if backend == PYTORCH else {"fp32": "-", "fp16": ":", "int8": "-."}[precision],
+                    linestyle="--" if backend == TORCH else {"fp32": "-", "fp16": ":", "int8": "-."}[precision],
                     label=label if i == 0 else None)
     ax.set_xticks(range(len(order)), order)
     ax.set_yscale("log")
@@ -105,7 +105,7 @@ def plot_accuracy(rows: Sequence[Row], path: Path) -> Path | None:
     if not ok:
         return None
     plt = _pyplot()
-    backends = sorted({r.backend for r in ok}, key=lambda b: (b == PYTORCH, b))
+    backends = sorted({r.backend for r in ok}, key=lambda b: (b == TORCH, b))
     fig, axes = plt.subplots(1, len(backends), figsize=(4.5 * len(backends), 4.2), sharey=True, squeeze=False)
     front = pareto_front([(r.e2e_p50(), r.map["AP"]) for r in ok])
     for ax, backend in zip(axes[0], backends):

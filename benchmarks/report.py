@@ -14,7 +14,7 @@ from typing import Any
 
 from edgedet._atomic import atomic_write_text
 
-from benchmarks.results import PYTORCH, Row
+from benchmarks.results import TORCH, Row
 from benchmarks.schema import CSV_COLUMNS
 
 __all__ = ["csv_text", "format_context", "format_table", "machine_info", "write_csv", "write_json"]
@@ -60,7 +60,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     try:
         import torch
 
-        runtimes[PYTORCH] = torch.__version__
+        runtimes[TORCH] = torch.__version__
     except ImportError:
         pass
     return {**device_fingerprint(), "platform": platform.platform(), "memory_gb": _memory_gb(),
@@ -78,7 +78,7 @@ def _ms(stats: dict[str, Any] | None) -> str:
 
 
 def _parity(row: Row) -> str:
-    if row.backend == PYTORCH:
+    if row.backend == TORCH:
         return "reference" if row.ok else "-"
     p = row.parity or {}
     cos, det = p.get("cls_cosine"), p.get("detection_ap50")
@@ -101,7 +101,7 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
 def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
     """The printed table's cells (header first)."""
     header = ("variant", "backend", "prec", "input", "MB", "model p50/p90 ms", "e2e p50/p90 ms", "FPS",
-              "post %", "x PyTorch", "parity cls cos/det AP50", "mAP", "%peak", "note")
+              "post %", "x torch", "parity cls cos/det AP50", "mAP", "%peak", "note")
     out = [header]
     for r in rows:
         note = "" if r.ok else f"{r.status}: {r.reason or ''}"
@@ -117,7 +117,7 @@ def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
         out.append((r.variant, r.backend, r.precision, _num(r.input_size, "d"),
                     _num(r.size_mb, ".1f"), _ms(r.model_ms), _ms(r.e2e_ms), _num(r.fps, ".1f"),
                     _num(None if r.post_share is None else 100 * r.post_share, ".1f"),
-                    _num(r.speedup_vs_pytorch, ".2f", "x"), _parity(r), _map(r),
+                    _num(r.speedup_vs_torch, ".2f", "x"), _parity(r), _map(r),
                     _num(None if r.peak_share is None else 100 * r.peak_share, ".0f", "%"), note[:90]))
     return out
 
@@ -219,7 +219,7 @@ def csv_row(r: Row) -> dict[str, Any]:
         "size_mb": r.size_mb, "weights": r.weights, "model_p50_ms": m.get("p50"), "model_p90_ms": m.get("p90"),
         "e2e_p50_ms": e.get("p50"), "e2e_p90_ms": e.get("p90"), "runs": e.get("runs"), "fps": r.fps,
         "post_p50_ms": None if r.post_ms is None else r.post_ms.get("p50"), "post_share": r.post_share,
-        "speedup_vs_pytorch": r.speedup_vs_pytorch, "cls_cosine": p.get("cls_cosine"),
+        "speedup_vs_torch": r.speedup_vs_torch, "cls_cosine": p.get("cls_cosine"),
         "box_cosine": p.get("box_cosine"), "top100_agreement": p.get("top100_agreement"),
         "detection_ap50": p.get("detection_ap50"),
         "map_ap": None if r.map is None else r.map.get("AP"), "map_ap50": None if r.map is None else r.map.get("AP50"),

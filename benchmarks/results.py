@@ -10,10 +10,10 @@ from typing import Any
 
 from edgedet.profiling import LatencyStats
 
-__all__ = ["PYTORCH", "Matrix", "Row", "STATUSES", "stats_dict"]
+__all__ = ["TORCH", "Matrix", "Row", "STATUSES", "stats_dict"]
 
-#: The ``backend`` of the PyTorch eager reference rows.
-PYTORCH = "pytorch"
+#: The ``backend`` of the PyTorch eager reference rows: ``torch``, as in manifests.
+TORCH = "torch"
 #: Row statuses: measured; loading/running failed; the device or a package lacks it; not exported
 #: (with ``--skip-export``); its export failed (parity or error).
 STATUSES: tuple[str, ...] = ("ok", "failed", "unavailable", "missing", "export_failed")
@@ -33,8 +33,8 @@ class Row:
     variant: str
     family: str
     phi: int
-    backend: str  # onnxruntime | openvino | tflite | pytorch
-    format: str | None  # the converter format (onnx | openvino | tflite); None for pytorch
+    backend: str  # onnxruntime | openvino | tflite | torch
+    format: str | None  # the converter format (onnx | openvino | tflite); None for torch
     precision: str  # fp32 | fp16 | int8
     device: str | None  # the runtime device it ran on: cpu, CPU, GPU, cuda...
     status: str = "ok"
@@ -55,7 +55,7 @@ class Row:
     fps: float | None = None  # 1000 / e2e p50
     post_ms: dict[str, Any] | None = None  # decode + NMS + box mapping on the model's outputs
     post_share: float | None = None  # post p50 / e2e p50
-    speedup_vs_pytorch: float | None = None  # PyTorch eager FP32 model p50 / this model p50
+    speedup_vs_torch: float | None = None  # torch (eager FP32) model p50 / this model p50
     parity: dict[str, Any] | None = None  # from the manifest, measured at export
     map: dict[str, Any] | None = None  # COCO metrics when a trained model and its val set exist
     macs: int | None = None

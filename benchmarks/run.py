@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.exports import DEFAULT_CALIBRATION_COUNT  # noqa: E402
-from edgedet.video import frame_size_arg  # noqa: E402
+from edgedet.cli_args import frame_size_arg  # noqa: E402
 
 log = logging.getLogger("benchmarks")
 

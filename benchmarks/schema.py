@@ -15,7 +15,7 @@ from benchmarks.results import STATUSES
 
 __all__ = ["CSV_COLUMNS", "RESULTS_SCHEMA", "SCHEMA_VERSION", "validate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the reference rows are backend "torch" (was "pytorch"), speedup_vs_torch
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -36,13 +36,13 @@ _LATENCY_OR_NULL = {**LATENCY, "type": ["object", "null"]}
 ROW = {
     "type": "object",
     "required": ["variant", "family", "phi", "backend", "format", "precision", "device", "status", "reason",
-                 "input_size", "size_mb", "weights", "model_ms", "e2e_ms", "fps", "speedup_vs_pytorch",
+                 "input_size", "size_mb", "weights", "model_ms", "e2e_ms", "fps", "speedup_vs_torch",
                  "parity", "map", "macs", "gflops", "peak_share"],
     "properties": {
         "variant": {"type": "string"},
         "family": {"type": "string", "enum": ["d", "lite"]},
         "phi": {"type": "integer", "minimum": 0},
-        "backend": {"type": "string", "enum": ["onnxruntime", "openvino", "tflite", "pytorch"]},
+        "backend": {"type": "string", "enum": ["onnxruntime", "openvino", "tflite", "torch"]},
         "format": _STR_OR_NULL,
         "precision": {"type": "string", "enum": ["fp32", "fp16", "int8"]},
         "device": _STR_OR_NULL,
@@ -64,7 +64,7 @@ ROW = {
         "fps": _NUM_OR_NULL,
         "post_ms": _LATENCY_OR_NULL,
         "post_share": _NUM_OR_NULL,
-        "speedup_vs_pytorch": _NUM_OR_NULL,
+        "speedup_vs_torch": _NUM_OR_NULL,
         "parity": {"type": ["object", "null"],
                    "additionalProperties": {"type": ["number", "string", "boolean", "null"]}},
         "map": {"type": ["object", "null"], "required": ["AP", "AP50", "source"],
@@ -186,7 +186,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
 CSV_COLUMNS: tuple[str, ...] = (
     "variant", "family", "phi", "backend", "format", "precision", "device", "status", "input_size",
     "size_mb", "weights", "model_p50_ms", "model_p90_ms", "e2e_p50_ms", "e2e_p90_ms", "runs", "fps",
-    "post_p50_ms", "post_share", "speedup_vs_pytorch", "cls_cosine", "box_cosine", "top100_agreement", "detection_ap50", "map_ap", "map_ap50",
+    "post_p50_ms", "post_share", "speedup_vs_torch", "cls_cosine", "box_cosine", "top100_agreement", "detection_ap50", "map_ap", "map_ap50",
     "gmacs", "gflops", "peak_share", "runtime_precision", "runtime_version", "load_seconds", "reason",
 )
 

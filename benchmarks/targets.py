@@ -3,7 +3,7 @@
 ``--device`` names a *target*; each runtime maps it to its own device, or lacks it:
 
 =========  =====================  ============  ========  ==============================
---device   onnxruntime            OpenVINO      TFLite    PyTorch eager (reference row)
+--device   onnxruntime            OpenVINO      TFLite    torch (eager reference row)
 =========  =====================  ============  ========  ==============================
 cpu        CPUExecutionProvider   CPU           CPU       cpu
 gpu        -                      GPU           -         cpu
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from edgedet.backends import BackendError, available_backends
 
-__all__ = ["DEVICES", "FORMAT_BACKENDS", "Target", "TargetError", "pytorch_device", "registered_formats",
+__all__ = ["DEVICES", "FORMAT_BACKENDS", "Target", "TargetError", "torch_device", "registered_formats",
            "resolve_formats", "runtime_device"]
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def runtime_device(backend: str, device: str) -> str | None:
     return DEVICES[device].get(backend)
 
 
-def pytorch_device(device: str) -> str:
+def torch_device(device: str) -> str:
     """Where the PyTorch eager reference runs for ``--device``: cuda for cuda/tensorrt if present."""
     if device in ("cuda", "tensorrt"):
         import torch

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from converters.base import ArtifactIO, Exporter, Runner, register_exporter
-from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec
 
 if TYPE_CHECKING:
     from converters.calibration import Calibration
@@ -52,13 +51,9 @@ class TorchExporter(Exporter):
     def describe(self, files: Sequence[Path], config: ModelConfig, precision: str) -> ArtifactIO:
         from edgedet.backends.torch import TorchBackend
 
-        backend = TorchBackend(files[0])
-        (inp,) = backend.inputs
-        input_spec = InputSpec(name=inp.name, shape=inp.shape, layout="NCHW", dtype="float32",
-                               normalization=NormalizationSpec.from_config(config.normalization), color="RGB",
-                               quantization=None)
-        outputs = tuple(OutputSpec(name=o.name, role=o.name, shape=o.shape, dtype="float32")
-                        for o in backend.outputs)
+        # The backend describes its own I/O: the same specs a live module's manifest gets
+        # (TorchBackend.manifest), so the two cannot drift apart.
+        input_spec, outputs = TorchBackend(files[0]).io_specs()
         return ArtifactIO(input=input_spec, outputs=outputs)
 
     def runner(self, files: Sequence[Path], io: ArtifactIO) -> Runner:

@@ -21,15 +21,14 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from edgedet.anchors import generate_anchors
 from edgedet.config import get_config
-from edgedet.backends import BACKENDS, Backend, BackendError, available_backends, load_backend, runtime_version
+from edgedet.backends import BACKENDS, BackendError, available_backends, load_backend, runtime_version
 from edgedet.detections import Detections
 from edgedet.hub import cache_dir
 from edgedet.manifest import MANIFEST_NAME, Manifest, ManifestError
-from edgedet.postprocess import DEFAULT_SCORE_THRESHOLD, postprocess
-from edgedet.preprocess import InputError, preprocess, validate_frame
-from edgedet.quantization import dequantize, quantize
+from edgedet.pipeline import Pipeline  # re-exported: it was defined here
+from edgedet.postprocess import DEFAULT_SCORE_THRESHOLD
+from edgedet.preprocess import InputError, validate_frame
 from edgedet.profiling import Clock, LatencyStats, ProfileCache, measure, profile_key
 
 log = logging.getLogger(__name__)
@@ -100,50 +99,6 @@ def find_artifacts(models: str | Path) -> list[Artifact]:
         except ManifestError as exc:
             log.warning("skipping %s: %s", path, exc)
     return found
-
-
-class Pipeline:
-    """One loaded artifact with everything around it: frames in, :class:`Detections` out."""
-
-    def __init__(self, artifact: Artifact, backend: Backend, *, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-                 iou_threshold: float = 0.5, max_detections: int | None = None, rgb: bool = False) -> None:
-        m = artifact.manifest
-        self.artifact, self.backend, self.manifest = artifact, backend, m
-        self.anchors = generate_anchors(m.model_config())
-        self.score_threshold, self.iou_threshold = score_threshold, iou_threshold
-        self.max_detections = max_detections or 100
-        self.rgb = rgb
-        self._input_dtype = np.float16 if m.input.dtype == "float16" else np.float32
-        self._cls, self._box = m.output("cls_logits"), m.output("box_regression")
-        self._labels = tuple(m.labels)
-
-    def prepare(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list]:
-        """Frames → the artifact's input batch (letterboxed, normalized, laid out and typed as the
-        manifest says) and each frame's letterbox, which maps boxes back to it."""
-        spec = self.manifest.input
-        batch, boxes = preprocess(frames, spec.image_size, spec.normalization.mean, spec.normalization.std,
-                                  layout=spec.layout, rgb=self.rgb, dtype=self._input_dtype)
-        if spec.quantization is not None:  # integer-input artifacts (full-INT8 TFLite)
-            batch = quantize(batch, spec.quantization, spec.dtype)
-        return batch, boxes
-
-    def __call__(self, frames) -> list[Detections]:
-        batch, letterboxes = self.prepare(frames)
-        return self.decode(self.backend.run(batch), letterboxes)
-
-    def decode(self, outputs: dict[str, np.ndarray], letterboxes: Sequence) -> list[Detections]:
-        """The backend's raw ``outputs`` for a batch → one :class:`Detections` per frame
-        (dequantize, decode the anchors, threshold, NMS, map boxes back through ``letterboxes``)."""
-        cls_all = dequantize(outputs[self._cls.name], self._cls.quantization)
-        box_all = dequantize(outputs[self._box.name], self._box.quantization)
-        results = []
-        for i, letterbox in enumerate(letterboxes):
-            boxes, scores, classes = postprocess(
-                cls_all[i], box_all[i], self.anchors, score_threshold=self.score_threshold,
-                iou_threshold=self.iou_threshold, max_detections=self.max_detections)
-            letterbox.to_frame(boxes)
-            results.append(Detections(xyxy=boxes, confidence=scores, class_id=classes, labels=self._labels))
-        return results
 
 
 @dataclass

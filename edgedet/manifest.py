@@ -28,7 +28,8 @@ Schema (version 1); every field is required unless marked *nullable*:
                     ``[w, h]`` factors), ``anchor_scale``, ``image_size``: enough to rebuild the anchors
 ``backend``         ``onnxruntime`` / ``openvino`` / ``tflite`` / ``torch``; ``precision`` ``fp32``/``fp16``/``int8``
 ``files``           ``{relative file name: sha256}``: the model file first (``.onnx``, ``.xml`` +
-                    ``.bin``, ``.tflite``)
+                    ``.bin``, ``.tflite``, ``.pt``); empty only in a manifest built in memory for a
+                    model that has no files (a live PyTorch module), which is never saved
 ``weights``         ``{source, sha256 (nullable), random}``: where the weights came from
 ``calibration``     ``{source, count}`` (*nullable*: only quantized artifacts are calibrated)
 ``float_layers``    names of the layers left in floating point in a quantized graph (list of str)
@@ -249,8 +250,15 @@ class Manifest:
     # ------------------------------------------------------------------------------- helpers
 
     @property
+    def in_memory(self) -> bool:
+        """This manifest describes a model held in memory (a live PyTorch module): it lists no files."""
+        return not self.files
+
+    @property
     def model_file(self) -> str:
         """The relative name of the file the backend loads (``model.onnx``, ``model.xml``...)."""
+        if self.in_memory:
+            raise ManifestError(f"{self.artifact_name} describes a model held in memory: it has no model file")
         return next(iter(self.files))
 
     def model_path(self, directory: str | os.PathLike[str]) -> Path:
@@ -338,6 +346,9 @@ class Manifest:
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``manifest.json`` into ``directory`` atomically; return its path."""
+        if self.in_memory:
+            raise ManifestError(f"{self.artifact_name} describes a model held in memory (no files): "
+                                "export it (edgedet-convert --formats torch) to get an artifact to save")
         return atomic_write_text(Path(directory) / MANIFEST_NAME, self.to_json())
 
     # ------------------------------------------------------------------------------- integrity
@@ -597,7 +608,8 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
     if not isinstance(parity, Mapping):
         raise _fail(where, "parity", f"must be an object, got {_type(parity)}")
     files = top.str_map("files")
-    assert files is not None
+    if not files:  # only a manifest built in memory (a live module) lists none
+        raise _fail(where, "files", "must list at least the model file")
     created = top.text("created")
     try:
         datetime.fromisoformat(created.replace("Z", "+00:00"))
@@ -661,9 +673,10 @@ def _validate_manifest(m: Manifest, where: str) -> None:
         width = m.num_classes if out.role == "cls_logits" else 4
         check(len(out.shape) == 3 and out.shape[1:] == (rows, width), f"outputs[{i}].shape",
               f"is {list(out.shape)}, but the anchors and classes give [batch, {rows}, {width}]")
-    check(len(m.files) > 0, "files", "must list at least the model file")
+    check(not m.in_memory or m.backend == "torch", "files",
+          "must list at least the model file (only a live torch module has none)")
     suffix = MODEL_SUFFIXES[m.backend]
-    check(m.model_file.endswith(suffix), "files",
+    check(m.in_memory or m.model_file.endswith(suffix), "files",
           f"must list the {m.backend} model file (*{suffix}) first, got {list(m.files)}")
     for name, digest in m.files.items():
         check(_is_relative_name(name), "files", f"has {name!r}: names must be relative, inside the "

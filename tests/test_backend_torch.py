@@ -75,3 +75,39 @@ def test_torch_format_makes_fp32_only(tmp_path):
 
     with pytest.raises(ConvertError, match="does not make int8"):
         convert("lite0", formats="torch", precisions="fp32,int8", out_dir=tmp_path, **EXPORT_OPTIONS)
+
+
+def test_live_module_runs_through_the_artifact_pipeline(exported, tmp_path):
+    """TorchBackend.from_module: a live model in the runtime's own Pipeline gives exactly the
+    detections of its exported torch artifact as the Detector serves it, and its in-memory manifest
+    says what the artifact's says about feeding and decoding it (but lists no files)."""
+    from edgedet.backends.torch import TorchBackend
+    from edgedet.data.synthetic import SyntheticConfig, render
+    from edgedet.manifest import ManifestError
+    from edgedet.pipeline import Pipeline
+
+    model = build_model("lite0", 90, resolve_weights("random", "lite0", allow_random=True))
+    backend = TorchBackend.from_module(model)
+    live_manifest = backend.manifest()
+    served = Detector(variant="lite0", models=exported, backend="torch", profile_cache=False, score_threshold=0.05)
+    exported_manifest = served.artifact.manifest
+    for field in ("variant", "family", "phi", "num_classes", "labels", "input", "outputs", "anchors", "backend",
+                  "precision"):
+        assert getattr(live_manifest, field) == getattr(exported_manifest, field), field
+    assert live_manifest.in_memory and not exported_manifest.in_memory
+    with pytest.raises(ManifestError, match="in memory"):
+        live_manifest.save(tmp_path)
+
+    live = Pipeline(live_manifest, backend, score_threshold=0.05)
+    config = SyntheticConfig(image_size=(640, 480), max_objects=6)
+    frames = [render(i, config)[0] for i in range(3)]
+    found = 0
+    for frame, detections in zip(frames, live(frames)):  # a batch of 3 through the live module
+        expected = served(frame)
+        np.testing.assert_allclose(detections.xyxy, expected.xyxy, atol=1e-3)
+        np.testing.assert_allclose(detections.confidence, expected.confidence, atol=1e-5)
+        np.testing.assert_array_equal(detections.class_id, expected.class_id)
+        assert detections.labels == expected.labels
+        found += len(detections)
+    assert found > 0  # the comparison compared something
+    assert model.training is False and backend.model is model  # run as it is, not copied

@@ -53,28 +53,28 @@ def test_smallest_benchmark(models, tmp_path, capsys):
     assert validate(results) == []
     jsonschema.validate(results, RESULTS_SCHEMA)
 
-    assert results["schema_version"] == 1 and results["interrupted"] is False
+    assert results["schema_version"] == 2 and results["interrupted"] is False
     assert results["machine"]["threads"] == 1 and "onnxruntime" in results["machine"]["runtimes"]
     assert results["settings"]["backends"] == ["onnx"] and results["export"]["skipped"] is True
     rows = {(r["backend"], r["precision"]): r for r in results["rows"]}
-    assert set(rows) == {("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
+    assert set(rows) == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
                          ("onnxruntime", "int8")}
     assert rows[("onnxruntime", "fp16")]["status"] == "missing"
-    for key in (("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")):
+    for key in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")):
         row = rows[key]
         assert row["status"] == "ok", row
         assert row["model_ms"]["runs"] == 3 and row["e2e_ms"]["p50"] > 0 and row["fps"] > 0
         # decode + NMS timed on its own, as a share of the end-to-end latency
         assert row["post_ms"]["runs"] == 3 and 0 < row["post_share"] < 1
-        assert row["speedup_vs_pytorch"] > 0 and row["macs"] > 0 and row["weights"] == "random"
+        assert row["speedup_vs_torch"] > 0 and row["macs"] > 0 and row["weights"] == "random"
         assert row["map"] is None  # random weights: no mAP
     assert rows[("onnxruntime", "fp32")]["peak_share"] > 0
     assert rows[("onnxruntime", "int8")]["peak_share"] > 0  # of the INT8 peak
     assert rows[("onnxruntime", "fp16")]["peak_share"] is None  # a CPU has no FP16 peak of its own
     assert rows[("onnxruntime", "int8")]["parity"]["cls_cosine"] > 0.99  # copied from the manifest
-    assert rows[("pytorch", "fp32")]["speedup_vs_pytorch"] == 1.0
+    assert rows[("torch", "fp32")]["speedup_vs_torch"] == 1.0
     # The reference row runs the artifacts' own (realistic random) weights, not another network.
-    assert rows[("pytorch", "fp32")]["weights_source"] == rows[("onnxruntime", "fp32")]["weights_source"]
+    assert rows[("torch", "fp32")]["weights_source"] == rows[("onnxruntime", "fp32")]["weights_source"]
 
     found, ablation = results["context"]["limits"], results["context"]["fusion_ablation"]
     assert found["fp32"]["peak"] > 0 and found["int8"]["peak"] > 0 and found["memory"]["peak_gbps"] > 0
@@ -108,7 +108,7 @@ def test_ctrl_c_keeps_measured_rows(models, tmp_path, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert validate(results) == []
     assert results["interrupted"] is True
-    assert [(r["backend"], r["status"]) for r in results["rows"]] == [("pytorch", "ok")]
+    assert [(r["backend"], r["status"]) for r in results["rows"]] == [("torch", "ok")]
     assert results["not_measured"] == ["lite0/onnxruntime-fp32", "lite0/onnxruntime-int8"]
     assert results["context"] == {"limits": None, "fusion_ablation": None}
 
@@ -142,7 +142,7 @@ def test_validator_reports_violations():
     assert any("p50" in p and "expected number" in p for p in problems)
     assert any("missing required field 'min'" in p for p in problems)
     assert any("unexpected field 'extra'" in p for p in problems)
-    assert validate({"schema_version": 2}, RESULTS_SCHEMA)  # wrong version, missing fields
+    assert validate({"schema_version": 1}, RESULTS_SCHEMA)  # an old version, missing fields
 
 
 def test_pareto_front():

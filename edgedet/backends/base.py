@@ -38,11 +38,12 @@ class Backend(ABC):
     #: Runtime name as used in manifests: "onnxruntime", "openvino", "tflite", "torch".
     name: str = ""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None, *, threads: int | None = None) -> None:
+        # None: a model held in memory, not loaded from a file (torch's TorchBackend.from_module).
+        self.path = None if path is None else Path(path)
         # None: every core this process may use (affinity and cgroup quota), on every runtime alike.
         self.threads = resolve_threads(threads)
-        if not self.path.is_file():
+        if self.path is not None and not self.path.is_file():
             raise ModelLoadError(f"model file not found: {self.path}")
         self._lock = threading.Lock()
 
@@ -73,7 +74,11 @@ class Backend(ABC):
     def describe(self) -> dict[str, object]:
         """A short description for logs and profiles."""
         return {"backend": self.name, "version": self.runtime_version, "threads": self.threads,
-                "file": self.path.name}
+                "file": self._file_name}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path.name!r}, threads={self.threads})"
+        return f"{type(self).__name__}({self._file_name!r}, threads={self.threads})"
+
+    @property
+    def _file_name(self) -> str:
+        return "(in memory)" if self.path is None else self.path.name

@@ -10,8 +10,9 @@ import logging
 import sys
 
 from edgedet.backends import BackendError
+from edgedet.cli_args import frame_size_arg
 from edgedet.detector import BudgetError, Detector, NoArtifactsError
-from edgedet.video import JsonLinesWriter, SourceError, default_source, frame_size_arg, open_source, run_loop
+from edgedet.video import JsonLinesWriter, SourceError, default_source, open_source, run_loop
 
 EXAMPLES = """\
 examples:
