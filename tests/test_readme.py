@@ -144,7 +144,7 @@ def test_a_broken_block_or_option_is_caught(tmp_path):
 
 
 def test_no_tracked_file_points_outside_the_repository():
-    """Users have the repository only: no tracked file may send them to ../shared/ or similar."""
+    """Users have the repository only: no tracked file may send them to a folder beside the checkout."""
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     if tracked.returncode != 0:
         pytest.fail(f"git ls-files failed: {tracked.stderr}")
