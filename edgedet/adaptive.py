@@ -184,6 +184,13 @@ class AdaptivePolicy:
         self._window.clear()
         return switch
 
+    def reset(self, serving: str, now: float | None = None) -> None:
+        """Serve ``serving`` (on the ladder) from now on, e.g. when a switch could not be applied:
+        the window restarts and so does the dwell."""
+        self._index = [r.name for r in self.ladder].index(serving)
+        self._window.clear()
+        self._last_switch = self.clock() if now is None else now
+
     def _most_accurate_within(self, limit_ms: float, slowdown: float, *, below: int | None = None,
                               above: int | None = None) -> int | None:
         """Index of the most accurate rung (below index ``below`` or above index ``above``) whose

@@ -8,19 +8,32 @@ within budget (a bigger φ is never faster). Among the artifacts of one φ that 
 accurate precision wins (fp32 > fp16 > int8), then the fastest. The D and Lite walks each end
 at their largest φ within budget; between those two, the variant with the higher published COCO
 AP is served (φ does not compare across families: Lite2 beats D0). Measurements are cached per
-device, runtime, threads, artifact and frame size, so a second start measures nothing.
+device, runtime, threads, artifact architecture and frame size, so a second start measures nothing.
+
+Profiling respects the caller's time: within a φ the likely-fastest precision is timed first
+(int8, then fp16, then fp32), an artifact whose first warm-up call already takes more than
+``REJECT_FACTOR`` × the budget is rejected without timing, and the slower precisions of a backend
+whose int8 was rejected are skipped (they cannot fit either).
+
+Serving adapts (issue 13): with a budget, :class:`edgedet.adaptive.AdaptivePolicy` watches the
+latency of the detector's own calls and steps to a faster artifact when the device slows down,
+back up when it recovers; the neighbours are kept loaded and warm on a background thread, and a
+switch swaps one reference under a lock (a call finishes on the pipeline it started with).
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 
+from edgedet.adaptive import AdaptiveConfig, AdaptivePolicy, Rung, Switch
 from edgedet.anchors import generate_anchors
 from edgedet.config import get_config
 from edgedet.backends import BACKENDS, Backend, BackendError, available_backends, load_backend, runtime_version
@@ -30,7 +43,8 @@ from edgedet.manifest import MANIFEST_NAME, Manifest, ManifestError
 from edgedet.postprocess import DEFAULT_SCORE_THRESHOLD, postprocess
 from edgedet.preprocess import InputError, preprocess, validate_frame
 from edgedet.quantization import dequantize, quantize
-from edgedet.profiling import Clock, LatencyStats, ProfileCache, measure, profile_key
+from edgedet.profiling import (Clock, LatencyStats, ProfileCache, TooSlow, architecture_fingerprint,
+                               default_cache_path, measure, profile_key)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +52,11 @@ log = logging.getLogger(__name__)
 MODELS_ENV = "EDGEDET_MODELS"
 #: More accurate first: the order in which precisions of the same φ are preferred.
 PRECISION_RANK = {"fp32": 0, "fp16": 1, "int8": 2}
+#: Likely fastest first: the order in which the precisions of one φ are timed.
+SPEED_ORDER = {"int8": 0, "fp16": 1, "fp32": 2}
+#: An artifact whose first warm-up call exceeds this × the budget is rejected untimed (a first call
+#: is slower than the steady state, but not by this much on the runtimes measured: see README).
+REJECT_FACTOR = 3.0
 #: When no budget forces a measurement, the runtime tried first.
 BACKEND_PREFERENCE = ("onnxruntime", "openvino", "tflite", "torch")
 TYPICAL_FRAME = (1280, 720)  # width, height: an HD camera
@@ -146,6 +165,14 @@ class Pipeline:
         return results
 
 
+class Served(NamedTuple):
+    """One call's result and what served it (:meth:`Detector.serve`)."""
+
+    detections: Detections
+    artifact: Artifact  #: the artifact this call ran on
+    latency_ms: float  #: the call's end-to-end latency
+
+
 @dataclass
 class ProfileRow:
     """One line of the selection table."""
@@ -197,7 +224,12 @@ class Detector:
         score_threshold, iou_threshold, max_detections: post-processing settings.
         rgb: frames are RGB instead of OpenCV's BGR.
         warmup, runs: untimed and timed calls per measurement.
-        clock: the timer (injectable for tests).
+        clock: the timer of the profiling measurements (injectable for tests).
+        adapt: with a budget, step to a faster artifact when the device slows down and back when it
+            recovers (True, the default, or an :class:`~edgedet.adaptive.AdaptiveConfig`); False
+            pins the start-up choice.
+        on_switch: called with each applied :class:`~edgedet.adaptive.Switch` (from the thread that
+            completed it); every switch is also logged and appended to :attr:`switches`.
     """
 
     def __init__(self, budget_ms: float | None = None, *, variant: str | None = None,
@@ -206,7 +238,8 @@ class Detector:
                  device: str = "cpu", on_miss: Literal["error", "smallest"] = "error", refresh: bool = False,
                  profile_cache: str | Path | Literal[False] | None = None, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  iou_threshold: float = 0.5, max_detections: int = 100, rgb: bool = False, warmup: int = 3,
-                 runs: int = 20, clock: Clock = time.perf_counter) -> None:
+                 runs: int = 20, clock: Clock = time.perf_counter, adapt: bool | AdaptiveConfig = True,
+                 on_switch: Callable[[Switch], None] | None = None) -> None:
         if budget_ms is None and variant is None:
             raise ValueError("give a latency budget (Detector(budget_ms=30)) or a variant (Detector(variant='d0'))")
         if budget_ms is not None and not (isinstance(budget_ms, (int, float)) and np.isfinite(budget_ms)
@@ -228,29 +261,55 @@ class Detector:
         self._timing = dict(warmup=warmup, runs=runs, clock=clock)
         self.models_dir = _models_dir(models)
         cache_path = (None if profile_cache is False else
-                      Path(profile_cache) if profile_cache is not None else cache_dir() / "profiles.json")
+                      Path(profile_cache) if profile_cache is not None else default_cache_path())
         self._cache = ProfileCache(cache_path) if cache_path is not None else None
         self._refresh = refresh
         self.profile = ProfileTable()
+        #: Every applied switch, oldest first (see ``on_switch``).
+        self.switches: list[Switch] = []
+        self._on_switch = on_switch
+        self._lock = threading.Lock()
+        self._policy: AdaptivePolicy | None = None
+        self._profiled: dict[str, tuple[Artifact, float]] = {}  # name -> (artifact, profiled ms)
+        self._warm: dict[str, Future] = {}  # name -> Future[Pipeline]: loaded and warm, or loading
+        self._executor: ThreadPoolExecutor | None = None
+        self._measured_pipelines: dict[str, Pipeline] = {}  # loaded while profiling: reused as warm neighbours
 
         candidates = self._candidates(variant, backend, precision)
         if budget_ms is None:
             chosen = self._pick_without_budget(candidates)
-            self._pipeline = self._load(chosen)
-            self.latency_ms: float | None = None
+            pipeline, latency = self._load(chosen), None
         else:
-            chosen, self._pipeline, self.latency_ms = self._select(candidates, on_miss)
-        self.artifact = chosen
-        log.info("edgedet: serving %s (%s)%s", chosen.name, self._pipeline.backend.describe(),
-                 "" if self.latency_ms is None else
-                 f", p{percentile:g} {self.latency_ms:.1f} ms within {budget_ms:g} ms")
+            chosen, pipeline, latency = self._select(candidates, on_miss)
+        # The one reference a switch replaces: (artifact, pipeline, profiled ms).
+        self._serving: tuple[Artifact, Pipeline, float | None] = (chosen, pipeline, latency)
+        log.info("edgedet: serving %s (%s)%s", chosen.name, pipeline.backend.describe(),
+                 "" if latency is None else f", p{percentile:g} {latency:.1f} ms within {budget_ms:g} ms")
+        if budget_ms is not None and adapt:
+            self._start_adapting(AdaptiveConfig() if adapt is True else adapt, chosen, pipeline)
+        self._measured_pipelines = {}  # what adapting did not keep is released
 
     # ------------------------------------------------------------------------------- public
 
     @property
     def pipeline(self) -> Pipeline:
         """The loaded artifact with its pre/post-processing (its ``backend``, ``prepare()``...)."""
-        return self._pipeline
+        return self._serving[1]
+
+    @property
+    def artifact(self) -> Artifact:
+        """The artifact served now (it changes when serving adapts; :meth:`serve` says per call)."""
+        return self._serving[0]
+
+    @property
+    def latency_ms(self) -> float | None:
+        """The served artifact's profiled latency (None when chosen without a budget)."""
+        return self._serving[2]
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether serving adapts to the device's speed (a budget, ``adapt=True``, and somewhere to step)."""
+        return self._policy is not None
 
     @property
     def variant(self) -> str:
@@ -270,9 +329,18 @@ class Detector:
 
     def __call__(self, frame: np.ndarray) -> Detections:
         """Detect objects in one H×W×3 uint8 frame (BGR unless ``rgb=True``)."""
+        return self.serve(frame).detections
+
+    def serve(self, frame: np.ndarray) -> Served:
+        """Like calling the detector, and say which artifact served the call and how long it took."""
+        started = time.perf_counter()
         if isinstance(frame, (list, tuple)):
             raise InputError("Detector(frame) takes one frame; use detector.detect_batch(frames) for several")
-        return self._pipeline(validate_frame(frame))[0]
+        artifact, pipeline, _ = self._serving  # one read: the call ends on the pipeline it started with
+        detections = pipeline(validate_frame(frame))[0]
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self._observe(artifact, latency_ms)
+        return Served(detections, artifact, latency_ms)
 
     def detect(self, frame: np.ndarray) -> Detections:
         """Same as calling the detector."""
@@ -282,14 +350,33 @@ class Detector:
         """Detect in several frames (one inference call per artifact batch size)."""
         if len(frames) == 0:
             raise InputError("detect_batch() got no frames")
-        batch = self.artifact.manifest.input.batch_size
         results: list[Detections] = []
-        for start in range(0, len(frames), batch):
+        start = 0
+        while start < len(frames):
+            artifact, pipeline, _ = self._serving  # per chunk: a switch takes effect between chunks
+            batch = artifact.manifest.input.batch_size
+            started = time.perf_counter()
             chunk = list(frames[start:start + batch])
             count = len(chunk)
             chunk += [chunk[-1]] * (batch - count)  # a fixed-batch artifact: pad the last chunk
-            results.extend(self._pipeline(chunk)[:count])
+            results.extend(pipeline(chunk)[:count])
+            self._observe(artifact, (time.perf_counter() - started) * 1000.0)
+            start += count
         return results
+
+    def close(self) -> None:
+        """Stop adapting and release the background loader and the warm neighbours."""
+        with self._lock:
+            self._policy = None
+            self._warm.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         lat = "" if self.latency_ms is None else f", latency_ms={self.latency_ms:.1f}"
@@ -351,25 +438,81 @@ class Detector:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
+    def _reject_limit_ms(self) -> float | None:
+        return None if self.budget_ms is None else REJECT_FACTOR * self.budget_ms
+
     def _latency(self, artifact: Artifact) -> tuple[LatencyStats, str, Pipeline | None]:
-        """The artifact's end-to-end latency: from the cache, else measured (returns the pipeline)."""
-        key = profile_key(artifact_sha256=artifact.sha256, backend=artifact.manifest.backend,
-                          runtime_version=runtime_version(artifact.manifest.backend), threads=self.threads,
-                          frame_size=self.frame_size, device=self.device)
+        """The artifact's end-to-end latency: from the cache, else measured (returns the pipeline).
+
+        Raises :class:`TooSlow` when its first warm-up call (now, or as cached) is over
+        ``REJECT_FACTOR`` × the budget.
+        """
+        m = artifact.manifest
+        version = runtime_version(m.backend)
+        key = profile_key(architecture=architecture_fingerprint(m), backend=m.backend, runtime_version=version,
+                          threads=self.threads, frame_size=self.frame_size, device=self.device)
+        limit = self._reject_limit_ms()
         if self._cache is not None and not self._refresh:
             cached = self._cache.get(key)
-            if cached is not None:
+            # runs == 0: a cached rejection, which only says "slower than its first call"
+            if cached is not None and cached.runs == 0 and limit is not None and cached.p90 > limit:
+                raise TooSlow(cached.p90, limit)
+            if cached is not None and cached.runs > 0:
                 return cached, "cache", None
         pipeline = self._load(artifact)
         frame = self._frame()
+        info = {"artifact": artifact.name, "frame_size": list(self.frame_size), "threads": self.threads,
+                "runtime_backend": m.backend, "runtime_version": version, "backend": pipeline.backend.describe()}
         # A model far over budget gets few runs: its verdict does not need a tight percentile.
-        limit = None if self.budget_ms is None else max(2.0, 4 * self._timing["runs"] * self.budget_ms / 1000)
-        stats = measure(lambda: pipeline(frame), warmup=self._timing["warmup"], runs=self._timing["runs"],
-                        clock=self._timing["clock"], max_seconds=limit)
+        seconds = None if self.budget_ms is None else max(2.0, 4 * self._timing["runs"] * self.budget_ms / 1000)
+        try:
+            stats = measure(lambda: pipeline(frame), warmup=max(1, self._timing["warmup"]),
+                            runs=self._timing["runs"], clock=self._timing["clock"], max_seconds=seconds,
+                            reject_above_ms=limit)
+        except TooSlow as slow:
+            if self._cache is not None:
+                first = slow.first_ms
+                self._cache.put(key, LatencyStats(first, first, first, first, first, 0), {**info, "rejected": True})
+            raise
         if self._cache is not None:
-            self._cache.put(key, stats, {"artifact": artifact.name, "frame_size": list(self.frame_size),
-                                         "threads": self.threads, "backend": pipeline.backend.describe()})
+            self._cache.put(key, stats, info)
         return stats, "measured", pipeline
+
+    def _row(self, a: Artifact, latency: float | None, fits: bool | None, source: str) -> None:
+        m = a.manifest
+        self.profile.append(ProfileRow(a.name, m.variant, m.phi, m.backend, m.precision, latency, fits, source))
+
+    def _measure_group(self, group: list[Artifact], budget: float) -> list[tuple[float, Artifact, Pipeline | None]]:
+        """Latencies of one φ's artifacts, likely-fastest first, rejecting and skipping what cannot fit.
+
+        Returns ``(latency, artifact, pipeline or None)`` of each artifact actually timed (or cached).
+        """
+        measured = []
+        hopeless: dict[str, str] = {}  # backend -> why its slower precisions are skipped
+        for a in sorted(group, key=lambda a: (SPEED_ORDER[a.manifest.precision], a.name)):
+            m = a.manifest
+            if m.backend in hopeless:
+                self._row(a, None, False, f"skipped ({hopeless[m.backend]})")
+                continue
+            try:
+                stats, source, pipeline = self._latency(a)
+            except TooSlow as slow:
+                log.info("%s: rejected, first call %.1f ms > %.1f ms (%g x budget)", a.name, slow.first_ms,
+                         slow.limit_ms, REJECT_FACTOR)
+                self._row(a, slow.first_ms, False, f"rejected after warm-up (first call > {REJECT_FACTOR:g}x budget)")
+                hopeless[m.backend] = f"{m.precision} of {m.backend} already {slow.first_ms / budget:.1f}x over budget"
+                continue
+            except (BackendError, ManifestError) as exc:
+                log.warning("cannot use %s: %s", a.name, exc)
+                self._row(a, None, None, f"error: {exc}")
+                continue
+            latency = stats.percentile_ms(self.percentile)
+            fits = latency <= budget
+            self._row(a, latency, fits, source)
+            log.info("%s: p%g %.1f ms (%s) %s budget %.1f ms", a.name, self.percentile, latency, source,
+                     "within" if fits else "over", budget)
+            measured.append((latency, a, pipeline))
+        return measured
 
     def _select(self, candidates: list[Artifact], on_miss: str) -> tuple[Artifact, Pipeline, float]:
         budget = float(self.budget_ms)  # type: ignore[arg-type]
@@ -383,40 +526,34 @@ class Detector:
         for family, variants in by_family.items():
             stopped = False
             for (phi, size, variant) in sorted(variants):
-                group = sorted(variants[(phi, size, variant)], key=lambda a: a.name)
+                group = variants[(phi, size, variant)]
                 if stopped:
-                    for a in group:
-                        self.profile.append(ProfileRow(a.name, variant, phi, a.manifest.backend,
-                                                       a.manifest.precision, None, None, "skipped (walk stopped)"))
+                    for a in sorted(group, key=lambda a: a.name):
+                        self._row(a, None, None, "skipped (walk stopped)")
                     continue
-                fitting = []
-                for a in group:
-                    try:
-                        stats, source, pipeline = self._latency(a)
-                    except (BackendError, ManifestError) as exc:
-                        log.warning("cannot use %s: %s", a.name, exc)
-                        self.profile.append(ProfileRow(a.name, variant, phi, a.manifest.backend,
-                                                       a.manifest.precision, None, None, f"error: {exc}"))
-                        continue
-                    latency = stats.percentile_ms(self.percentile)
-                    fits = latency <= budget
-                    self.profile.append(ProfileRow(a.name, variant, phi, a.manifest.backend, a.manifest.precision,
-                                                   latency, fits, source))
-                    log.info("%s: p%g %.1f ms (%s) %s budget %.1f ms", a.name, self.percentile, latency, source,
-                             "within" if fits else "over", budget)
-                    measured_all.append((latency, a, pipeline))
-                    if fits:
-                        fitting.append((PRECISION_RANK[a.manifest.precision], latency, a, pipeline))
+                measured = self._measure_group(group, budget)
+                measured_all.extend(measured)
+                fitting = [(PRECISION_RANK[a.manifest.precision], latency, a, pipeline)
+                           for latency, a, pipeline in measured if latency <= budget]
                 if not fitting:
                     stopped = True  # bigger φ is never faster: stop this family's walk
                     continue
                 rank, latency, a, pipeline = min(fitting, key=lambda t: (t[0], t[1]))
                 best.append(((_published_ap(variant), phi, size), a, latency, pipeline))
+        self._profiled = {a.name: (a, latency) for latency, a, _ in measured_all}
+        self._measured_pipelines = {a.name: p for _, a, p in measured_all if p is not None}
 
         if best:
             _, artifact, latency, pipeline = max(best, key=lambda t: t[0])
             return artifact, pipeline or self._load(artifact), latency
         if not measured_all:
+            if any(row.fits is False for row in self.profile):
+                latency, name = min((row.latency_ms or float("inf"), row.artifact) for row in self.profile
+                                    if row.fits is False)
+                raise BudgetError(f"no artifact meets the {budget:g} ms budget on this device: the fastest first "
+                                  f"call, {name}, took {latency:.1f} ms (over {REJECT_FACTOR:g}x the budget)."
+                                  " Export INT8 artifacts, a smaller variant (lite0), or raise the budget.\n"
+                                  + str(self.profile))
             raise NoArtifactsError(f"none of the artifacts in {self.models_dir} could be loaded; see the log")
         latency, artifact, pipeline = min(measured_all, key=lambda t: t[0])
         message = (f"no artifact meets the {budget:g} ms budget (p{self.percentile:g}, end to end, frames "
@@ -429,6 +566,99 @@ class Detector:
             raise BudgetError(message)
         log.warning("%s\nServing the fastest, %s, as on_miss='smallest' asks.", message, artifact.name)
         return artifact, pipeline or self._load(artifact), latency
+
+    # ------------------------------------------------------------------------------- adapting
+
+    def _accuracy(self, artifact: Artifact) -> tuple:
+        """Expected accuracy, as selection ranks it: published AP, then φ and size, then precision."""
+        m = artifact.manifest
+        return (_published_ap(m.variant), m.phi, m.image_size, -PRECISION_RANK[m.precision])
+
+    def _start_adapting(self, config: AdaptiveConfig, chosen: Artifact, pipeline: Pipeline) -> None:
+        rungs = [Rung(name, ms, self._accuracy(a)) for name, (a, ms) in self._profiled.items()]
+        try:
+            policy = AdaptivePolicy(rungs, float(self.budget_ms), chosen.name, config=config)  # type: ignore[arg-type]
+        except ValueError:  # the served artifact is dominated (on_miss="smallest" ties): nothing to adapt
+            return
+        if len(policy.ladder) < 2:
+            return  # one artifact: nowhere to step
+        self._policy = policy
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgedet-prewarm")
+        ready: Future = Future()
+        ready.set_result(pipeline)
+        self._warm[chosen.name] = ready
+        log.info("edgedet: adaptive serving over %s", ", ".join(f"{r.name} ({r.profiled_ms:.1f} ms)"
+                                                                 for r in policy.ladder))
+        with self._lock:
+            self._prewarm_neighbours()
+
+    def _prewarm_neighbours(self) -> None:
+        """Keep the serving artifact and its two neighbours loaded; drop the rest. Holds the lock."""
+        assert self._policy is not None and self._executor is not None
+        keep = {self._policy.serving.name, self.artifact.name} | {r.name for r in self._policy.neighbours()}
+        for name in keep - set(self._warm):
+            self._warm[name] = self._warm_pipeline(name)
+        for name in set(self._warm) - keep:
+            self._warm.pop(name).cancel()
+
+    def _warm_pipeline(self, name: str) -> Future:
+        """A loaded, warmed pipeline: the one profiling left loaded, else loaded in the background."""
+        pipeline = self._measured_pipelines.get(name)
+        if pipeline is not None:
+            done: Future = Future()
+            done.set_result(pipeline)
+            return done
+        artifact = self._profiled[name][0]
+
+        def load() -> Pipeline:
+            loaded = self._load(artifact)
+            frame = self._frame()
+            for _ in range(2):  # the first calls allocate: pay for them here, not in a served call
+                loaded(frame)
+            log.debug("edgedet: %s loaded and warm", name)
+            return loaded
+
+        return self._executor.submit(load)  # type: ignore[union-attr]
+
+    def _observe(self, artifact: Artifact, latency_ms: float) -> None:
+        policy = self._policy
+        if policy is None:
+            return
+        with self._lock:
+            switch = policy.observe(artifact.name, latency_ms)
+            if switch is None:
+                return
+            target = self._warm.get(switch.target) or self._warm_pipeline(switch.target)
+            self._warm[switch.target] = target
+        log.warning("edgedet: stepping %s from %s to %s: %s", switch.direction, switch.source, switch.target,
+                    switch.reason)
+        # Swap now if the target is warm, else as soon as the background load finishes.
+        target.add_done_callback(lambda future: self._apply(switch, future))
+
+    def _apply(self, switch: Switch, future: Future) -> None:
+        """Serve ``switch.target`` (its pipeline in ``future``): one reference swapped under the lock."""
+        try:
+            pipeline = future.result()
+        except BaseException as exc:  # cancelled or failed to load: keep serving what we serve
+            log.error("edgedet: cannot switch to %s (%s); staying on %s", switch.target, exc, switch.source)
+            with self._lock:
+                if self._policy is not None:
+                    self._policy.reset(switch.source)
+                self._warm.pop(switch.target, None)
+            return
+        with self._lock:
+            if self._policy is None or self._policy.serving.name != switch.target:
+                return  # closed, or a later decision superseded this one
+            artifact, profiled_ms = self._profiled[switch.target]
+            self._serving = (artifact, pipeline, profiled_ms)
+            self.switches.append(switch)
+            self._prewarm_neighbours()
+        log.info("edgedet: now serving %s", switch.target)
+        if self._on_switch is not None:
+            try:
+                self._on_switch(switch)
+            except Exception:  # a caller's callback must not break serving
+                log.exception("edgedet: on_switch callback failed")
 
 
 def _models_dir(models: str | Path | None) -> Path:
