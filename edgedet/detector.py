@@ -456,7 +456,7 @@ class Detector:
             cached = self._cache.get(key)
             # runs == 0: a cached rejection, which only says "slower than its first call"
             if cached is not None and cached.runs == 0 and limit is not None and cached.p90 > limit:
-                raise TooSlow(cached.p90, limit)
+                raise TooSlow(cached.p90, limit, cached=True)
             if cached is not None and cached.runs > 0:
                 return cached, "cache", None
         pipeline = self._load(artifact)
@@ -499,7 +499,8 @@ class Detector:
             except TooSlow as slow:
                 log.info("%s: rejected, first call %.1f ms > %.1f ms (%g x budget)", a.name, slow.first_ms,
                          slow.limit_ms, REJECT_FACTOR)
-                self._row(a, slow.first_ms, False, f"rejected after warm-up (first call > {REJECT_FACTOR:g}x budget)")
+                self._row(a, slow.first_ms, False, f"rejected {'(cache)' if slow.cached else 'after warm-up'}: "
+                          f"first call > {REJECT_FACTOR:g}x budget")
                 hopeless[m.backend] = f"{m.precision} of {m.backend} already {slow.first_ms / budget:.1f}x over budget"
                 continue
             except (BackendError, ManifestError) as exc:

@@ -45,9 +45,9 @@ class ProfileImportError(ValueError):
 class TooSlow(Exception):
     """Raised by :func:`measure` when the first warm-up call already rules the artifact out."""
 
-    def __init__(self, first_ms: float, limit_ms: float) -> None:
+    def __init__(self, first_ms: float, limit_ms: float, *, cached: bool = False) -> None:
         super().__init__(f"first call {first_ms:.1f} ms > {limit_ms:.1f} ms")
-        self.first_ms, self.limit_ms = first_ms, limit_ms
+        self.first_ms, self.limit_ms, self.cached = first_ms, limit_ms, cached
 
 
 @dataclass(frozen=True)

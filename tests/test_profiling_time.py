@@ -1,0 +1,67 @@
+"""Profiling that respects the user's time: hopeless artifacts are rejected after one call and
+what cannot fit is not timed (real artifacts and runtimes, a deterministic clock)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from edgedet.detector import BudgetError, Detector
+
+FRAME_SIZE = (640, 480)
+
+
+class StepClock:
+    """Each reading is ``step_ms`` later than the one before: every timed call lasts step_ms."""
+
+    def __init__(self, step_ms: float) -> None:
+        self.now, self.step = 0.0, step_ms / 1000
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def models(onnx_exports, tmp_path_factory):
+    exports, _ = onnx_exports
+    root = tmp_path_factory.mktemp("timing-models")
+    for variant in ("lite0", "d0"):
+        shutil.copytree(exports / variant, root / variant)
+    return root
+
+
+def start(models, cache, budget, step_ms, **kw):
+    return Detector(budget, models=models, profile_cache=cache, frame_size=FRAME_SIZE, clock=StepClock(step_ms),
+                    warmup=2, runs=3, adapt=False, **kw)
+
+
+def table(error: BudgetError) -> dict[str, str]:
+    return {line.split()[0]: line for line in str(error).splitlines() if line.startswith(("lite0/", "d0/"))}
+
+
+def test_hopeless_phi_costs_one_call_per_backend_and_is_remembered(models, tmp_path):
+    """Every call 'takes' 100 ms against a 30 ms budget: each variant's int8 is rejected on its first
+    call and its fp16 and fp32 are never loaded; a second start reads the rejections from the cache."""
+    cache = tmp_path / "profiles.json"
+    with pytest.raises(BudgetError, match="first call") as error:
+        start(models, cache, 30, 100.0)
+    rows = table(error.value)
+    for variant in ("lite0", "d0"):
+        assert "rejected after warm-up" in rows[f"{variant}/onnxruntime-int8"]
+        for precision in ("fp16", "fp32"):
+            assert "skipped (int8 of onnxruntime already 3.3x over budget)" in rows[f"{variant}/onnxruntime-{precision}"]
+    with pytest.raises(BudgetError) as again:
+        start(models, cache, 30, 1.0)  # would fit if it measured: the cached rejection stands
+    assert "rejected (cache)" in table(again.value)["lite0/onnxruntime-int8"]
+    # A budget the cached first call does not rule out (100 ms < 3 x 50) is measured afresh.
+    det = start(models, cache, 50, 20.0)
+    assert {row.artifact: row.source for row in det.profile}["lite0/onnxruntime-int8"] == "measured"
+
+
+def test_within_budget_all_precisions_are_timed_int8_first(models, tmp_path):
+    det = start(models, tmp_path / "profiles.json", 30, 10.0)
+    for variant in ("lite0", "d0"):
+        order = [row.artifact for row in det.profile if row.variant == variant]
+        assert order == [f"{variant}/onnxruntime-{p}" for p in ("int8", "fp16", "fp32")]
+    assert det.artifact.name == "d0/onnxruntime-fp32"  # all fit: the most accurate of the largest phi
