@@ -318,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProfileImportError as exc:
         log.error("%s", exc)
         return 2
-    log.info("%s %d profiles", "exported" if args.action == "export" else "imported", count)
+    if count == 0:
+        log.warning("no profiles %s (cache %s)", "to export" if args.action == "export" else "imported", cache)
     return 0
 
 
