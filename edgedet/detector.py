@@ -638,6 +638,8 @@ class Detector:
 
     def _apply(self, switch: Switch, future: Future) -> None:
         """Serve ``switch.target`` (its pipeline in ``future``): one reference swapped under the lock."""
+        if self._policy is None:
+            return  # closed
         try:
             pipeline = future.result()
         except BaseException as exc:  # cancelled or failed to load: keep serving what we serve
