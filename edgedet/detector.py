@@ -13,7 +13,7 @@ device, runtime, threads, artifact architecture and frame size, so a second star
 Profiling respects the caller's time: within a φ the likely-fastest precision is timed first
 (int8, then fp16, then fp32), an artifact whose first warm-up call already takes more than
 ``REJECT_FACTOR`` × the budget is rejected without timing, and the slower precisions of a backend
-whose int8 was rejected are skipped (they cannot fit either).
+whose int8 was rejected are skipped (they cannot fit either; fp16 is not assumed faster than fp32).
 
 Serving adapts (issue 13): with a budget, :class:`edgedet.adaptive.AdaptivePolicy` watches the
 latency of the detector's own calls and steps to a faster artifact when the device slows down,
@@ -501,7 +501,8 @@ class Detector:
                          slow.limit_ms, REJECT_FACTOR)
                 self._row(a, slow.first_ms, False, f"rejected {'(cache)' if slow.cached else 'after warm-up'}: "
                           f"first call > {REJECT_FACTOR:g}x budget")
-                hopeless[m.backend] = f"{m.precision} of {m.backend} already {slow.first_ms / budget:.1f}x over budget"
+                if m.precision == "int8":  # the others of this runtime are slower (fp16 need not beat fp32 on CPU)
+                    hopeless[m.backend] = f"int8 of {m.backend} already {slow.first_ms / budget:.1f}x over budget"
                 continue
             except (BackendError, ManifestError) as exc:
                 log.warning("cannot use %s: %s", a.name, exc)
