@@ -468,7 +468,7 @@ class Detector:
         try:
             stats = measure(lambda: pipeline(frame), warmup=max(1, self._timing["warmup"]),
                             runs=self._timing["runs"], clock=self._timing["clock"], max_seconds=seconds,
-                            reject_above_ms=limit)
+                            reject_above_ms=limit, over_ms=self.budget_ms, percentile=self.percentile)
         except TooSlow as slow:
             if self._cache is not None:
                 first = slow.first_ms

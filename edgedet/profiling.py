@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -75,14 +76,19 @@ class LatencyStats:
 
 
 def measure(fn: Callable[[], object], *, warmup: int = 3, runs: int = 20, clock: Clock = time.perf_counter,
-            max_seconds: float | None = None, reject_above_ms: float | None = None) -> LatencyStats:
+            max_seconds: float | None = None, reject_above_ms: float | None = None,
+            over_ms: float | None = None, percentile: float = 90) -> LatencyStats:
     """Time ``fn()`` ``runs`` times after ``warmup`` untimed calls.
 
     ``clock`` is injectable so selection logic can be tested deterministically; ``max_seconds``
     stops early (after at least 3 runs) so a far-over-budget model does not take minutes;
     ``reject_above_ms`` raises :class:`TooSlow` when the first warm-up call (timed) exceeds it:
-    a first call is slower than the steady state, never faster by that margin.
+    a first call is slower than the steady state, never faster by that margin. ``over_ms`` stops
+    as soon as enough runs exceed it that the ``percentile`` of all ``runs`` would exceed it too
+    (3 of 20 for p90): the verdict "over" is certain, more runs would only refine by how much.
     """
+    # with n runs, the p-th percentile lies at or above the k-th smallest, k = floor(p/100 (n-1))
+    decisive = runs - math.floor(percentile / 100 * (runs - 1))
     for i in range(warmup):
         t0 = clock()
         fn()
@@ -96,6 +102,8 @@ def measure(fn: Callable[[], object], *, warmup: int = 3, runs: int = 20, clock:
         fn()
         samples.append((clock() - t0) * 1000.0)
         if max_seconds is not None and len(samples) >= 3 and clock() - started > max_seconds:
+            break
+        if over_ms is not None and sum(x > over_ms for x in samples) >= decisive:
             break
     return LatencyStats.from_samples(samples)
 

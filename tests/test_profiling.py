@@ -189,3 +189,11 @@ def test_import_refuses_what_is_not_a_profile_file(tmp_path, content):
     bad.write_text(content)
     with pytest.raises(ProfileImportError, match="not a usable edgedet profile file"):
         import_profiles(bad, tmp_path / "cache.json")
+
+
+def test_measure_stops_once_over_is_certain():
+    clock = FakeClock(50.0)
+    stats = measure(clock.work, warmup=1, runs=20, clock=clock, over_ms=30.0, percentile=90)
+    assert stats.runs == 3 and stats.p90 == pytest.approx(50.0)  # 3 of 20 over: p90 is over
+    assert measure(clock.work, warmup=1, runs=20, clock=clock, over_ms=30.0, percentile=50).runs == 11
+    assert measure(clock.work, warmup=1, runs=20, clock=clock, over_ms=60.0).runs == 20
