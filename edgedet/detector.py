@@ -10,10 +10,11 @@ at their largest φ within budget; between those two, the variant with the highe
 AP is served (φ does not compare across families: Lite2 beats D0). Measurements are cached per
 device, runtime, threads, artifact architecture and frame size, so a second start measures nothing.
 
-Profiling respects the caller's time: within a φ the likely-fastest precision is timed first
-(int8, then fp16, then fp32), an artifact whose first warm-up call already takes more than
-``REJECT_FACTOR`` × the budget is rejected without timing, and the slower precisions of a backend
-whose int8 was rejected are skipped (they cannot fit either; fp16 is not assumed faster than fp32).
+Profiling respects the caller's time: each φ is scouted by its int8 artifacts (the likely
+fastest); only the largest φ that fits has its other precisions timed (fp32 first, fp16 only if no
+fp32 fits); an artifact whose first warm-up call already takes more than ``REJECT_FACTOR`` × the
+budget is rejected untimed, and the other precisions of a runtime whose int8 was rejected are
+skipped; timing stops once an artifact's percentile is certain to be over budget.
 
 Serving adapts (issue 13): with a budget, :class:`edgedet.adaptive.AdaptivePolicy` watches the
 latency of the detector's own calls and steps to a faster artifact when the device slows down,
@@ -57,6 +58,9 @@ SPEED_ORDER = {"int8": 0, "fp16": 1, "fp32": 2}
 #: An artifact whose first warm-up call exceeds this × the budget is rejected untimed (a first call
 #: is slower than the steady state, but not by this much on the runtimes measured: see README).
 REJECT_FACTOR = 3.0
+#: An int8 artifact over this × the budget rules out the other precisions of its runtime: they
+#: would have to run this much faster than int8 (int8 measured 1.3-3x faster than fp32 here).
+INT8_HOPELESS_FACTOR = 1.5
 #: When no budget forces a measurement, the runtime tried first.
 BACKEND_PREFERENCE = ("onnxruntime", "openvino", "tflite", "torch")
 TYPICAL_FRAME = (1280, 720)  # width, height: an HD camera
@@ -286,7 +290,8 @@ class Detector:
         log.info("edgedet: serving %s (%s)%s", chosen.name, pipeline.backend.describe(),
                  "" if latency is None else f", p{percentile:g} {latency:.1f} ms within {budget_ms:g} ms")
         if budget_ms is not None and adapt:
-            self._start_adapting(AdaptiveConfig() if adapt is True else adapt, chosen, pipeline)
+            config = AdaptiveConfig(percentile=percentile) if adapt is True else adapt  # the profile's percentile
+            self._start_adapting(config, chosen, pipeline)
         self._measured_pipelines = {}  # what adapting did not keep is released
 
     # ------------------------------------------------------------------------------- public
@@ -360,7 +365,8 @@ class Detector:
             count = len(chunk)
             chunk += [chunk[-1]] * (batch - count)  # a fixed-batch artifact: pad the last chunk
             results.extend(pipeline(chunk)[:count])
-            self._observe(artifact, (time.perf_counter() - started) * 1000.0)
+            if batch == 1:  # the profile is of one frame per call
+                self._observe(artifact, (time.perf_counter() - started) * 1000.0)
             start += count
         return results
 
@@ -482,14 +488,16 @@ class Detector:
         m = a.manifest
         self.profile.append(ProfileRow(a.name, m.variant, m.phi, m.backend, m.precision, latency, fits, source))
 
-    def _measure_group(self, group: list[Artifact], budget: float) -> list[tuple[float, Artifact, Pipeline | None]]:
-        """Latencies of one φ's artifacts, likely-fastest first, rejecting and skipping what cannot fit.
+    def _time_all(self, artifacts: list[Artifact], budget: float,
+                  hopeless: dict[str, str]) -> list[tuple[float, Artifact, Pipeline | None]]:
+        """Latencies of ``artifacts`` (in the order given), rejecting and skipping what cannot fit.
 
-        Returns ``(latency, artifact, pipeline or None)`` of each artifact actually timed (or cached).
+        ``hopeless`` (backend -> why) is shared by the calls for one φ: a rejected int8 skips the
+        other precisions of its runtime. Returns ``(latency, artifact, pipeline or None)`` of each
+        artifact actually timed (or cached).
         """
         measured = []
-        hopeless: dict[str, str] = {}  # backend -> why its slower precisions are skipped
-        for a in sorted(group, key=lambda a: (SPEED_ORDER[a.manifest.precision], a.name)):
+        for a in artifacts:
             m = a.manifest
             if m.backend in hopeless:
                 self._row(a, None, False, f"skipped ({hopeless[m.backend]})")
@@ -511,6 +519,8 @@ class Detector:
             latency = stats.percentile_ms(self.percentile)
             fits = latency <= budget
             self._row(a, latency, fits, source)
+            if m.precision == "int8" and latency > INT8_HOPELESS_FACTOR * budget:
+                hopeless[m.backend] = f"int8 of {m.backend} already {latency / budget:.1f}x over budget"
             log.info("%s: p%g %.1f ms (%s) %s budget %.1f ms", a.name, self.percentile, latency, source,
                      "within" if fits else "over", budget)
             measured.append((latency, a, pipeline))
@@ -526,22 +536,9 @@ class Detector:
         best: list[tuple[tuple, Artifact, float, Pipeline | None]] = []
         measured_all: list[tuple[float, Artifact, Pipeline | None]] = []
         for family, variants in by_family.items():
-            stopped = False
-            for (phi, size, variant) in sorted(variants):
-                group = variants[(phi, size, variant)]
-                if stopped:
-                    for a in sorted(group, key=lambda a: a.name):
-                        self._row(a, None, None, "skipped (walk stopped)")
-                    continue
-                measured = self._measure_group(group, budget)
-                measured_all.extend(measured)
-                fitting = [(PRECISION_RANK[a.manifest.precision], latency, a, pipeline)
-                           for latency, a, pipeline in measured if latency <= budget]
-                if not fitting:
-                    stopped = True  # bigger φ is never faster: stop this family's walk
-                    continue
-                rank, latency, a, pipeline = min(fitting, key=lambda t: (t[0], t[1]))
-                best.append(((_published_ap(variant), phi, size), a, latency, pipeline))
+            winner = self._walk(variants, budget, measured_all)
+            if winner is not None:
+                best.append(winner)
         self._profiled = {a.name: (a, latency) for latency, a, _ in measured_all}
         self._measured_pipelines = {a.name: p for _, a, p in measured_all if p is not None}
 
@@ -568,6 +565,57 @@ class Detector:
             raise BudgetError(message)
         log.warning("%s\nServing the fastest, %s, as on_miss='smallest' asks.", message, artifact.name)
         return artifact, pipeline or self._load(artifact), latency
+
+    def _walk(self, variants: dict[tuple[int, int, str], list[Artifact]], budget: float,
+              measured_all: list) -> tuple[tuple, Artifact, float, Pipeline | None] | None:
+        """One family's walk up in φ; returns its winner ``(rank key, artifact, latency, pipeline)``.
+
+        Each φ is scouted by its int8 artifacts (the likely fastest; all of them when int8 misses or
+        is absent). The walk stops at the first φ where nothing fits. Only the largest φ that fits
+        has its other precisions timed, fp32 first; fp16 only when no fp32 fits (it cannot win
+        otherwise). The deferred precisions of smaller φ cannot win and are not timed.
+        """
+        def speed(a: Artifact) -> tuple:
+            return SPEED_ORDER[a.manifest.precision], a.name
+
+        top: tuple | None = None  # (key, measured, deferred, hopeless) of the largest φ that fits
+        stopped = False
+        for key in sorted(variants):
+            ordered = sorted(variants[key], key=speed)
+            if stopped:
+                for a in ordered:
+                    self._row(a, None, None, "skipped (walk stopped)")
+                continue
+            hopeless: dict[str, str] = {}
+            scouts = [a for a in ordered if a.manifest.precision == "int8"] or ordered
+            measured = self._time_all(scouts, budget, hopeless)
+            deferred = [a for a in ordered if a not in scouts]
+            if deferred and not any(latency <= budget for latency, _, _ in measured):
+                measured += self._time_all(deferred, budget, hopeless)  # int8 is not always the fastest
+                deferred = []
+            measured_all.extend(measured)
+            if not any(latency <= budget for latency, _, _ in measured):
+                stopped = True  # bigger φ is never faster: stop this family's walk
+                continue
+            if top is not None:
+                for a in top[2]:
+                    self._row(a, None, None, f"skipped (cannot win: {key[2]} fits)")
+            top = (key, measured, deferred, hopeless)
+        if top is None:
+            return None
+        (phi, size, variant), measured, deferred, hopeless = top
+        for a in sorted(deferred, key=lambda a: (PRECISION_RANK[a.manifest.precision], a.name)):
+            if PRECISION_RANK[a.manifest.precision] > 0 and any(
+                    latency <= budget and PRECISION_RANK[b.manifest.precision] == 0 for latency, b, _ in measured):
+                self._row(a, None, None, "skipped (cannot win: an fp32 fits)")
+                continue
+            timed = self._time_all([a], budget, hopeless)
+            measured += timed
+            measured_all.extend(timed)
+        fitting = [(PRECISION_RANK[a.manifest.precision], latency, a, pipeline)
+                   for latency, a, pipeline in measured if latency <= budget]
+        rank, latency, a, pipeline = min(fitting, key=lambda t: (t[0], t[1]))
+        return (_published_ap(variant), phi, size), a, latency, pipeline
 
     # ------------------------------------------------------------------------------- adapting
 

@@ -85,7 +85,8 @@ def measure(fn: Callable[[], object], *, warmup: int = 3, runs: int = 20, clock:
     ``reject_above_ms`` raises :class:`TooSlow` when the first warm-up call (timed) exceeds it:
     a first call is slower than the steady state, never faster by that margin. ``over_ms`` stops
     as soon as enough runs exceed it that the ``percentile`` of all ``runs`` would exceed it too
-    (3 of 20 for p90): the verdict "over" is certain, more runs would only refine by how much.
+    (3 of 20 for p90): the verdict "over" is certain, more runs would only refine by how much; a
+    first warm-up call over ``over_ms`` also ends the warm-up.
     """
     # with n runs, the p-th percentile lies at or above the k-th smallest, k = floor(p/100 (n-1))
     decisive = runs - math.floor(percentile / 100 * (runs - 1))
@@ -95,6 +96,8 @@ def measure(fn: Callable[[], object], *, warmup: int = 3, runs: int = 20, clock:
         first_ms = (clock() - t0) * 1000.0
         if i == 0 and reject_above_ms is not None and first_ms > reject_above_ms:
             raise TooSlow(first_ms, reject_above_ms)
+        if i == 0 and over_ms is not None and first_ms > over_ms:
+            break  # likely over: let the timed runs judge (3 over decide) rather than warm up more
     samples = []
     started = clock()
     for _ in range(runs):

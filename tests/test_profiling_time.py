@@ -59,9 +59,39 @@ def test_hopeless_phi_costs_one_call_per_backend_and_is_remembered(models, tmp_p
     assert {row.artifact: row.source for row in det.profile}["lite0/onnxruntime-int8"] == "measured"
 
 
-def test_within_budget_all_precisions_are_timed_int8_first(models, tmp_path):
+def test_int8_scouts_then_fp32_and_fp16_only_if_it_can_win(models, tmp_path):
+    """Everything fits: each phi is scouted by int8, the winner's fp32 is timed, fp16 cannot win."""
     det = start(models, tmp_path / "profiles.json", 30, 10.0)
     for variant in ("lite0", "d0"):
-        order = [row.artifact for row in det.profile if row.variant == variant]
-        assert order == [f"{variant}/onnxruntime-{p}" for p in ("int8", "fp16", "fp32")]
-    assert det.artifact.name == "d0/onnxruntime-fp32"  # all fit: the most accurate of the largest phi
+        rows = [(row.artifact.split("-")[-1], row.source) for row in det.profile if row.variant == variant]
+        assert rows == [("int8", "measured"), ("fp32", "measured"), ("fp16", "skipped (cannot win: an fp32 fits)")]
+    assert det.artifact.name == "d0/onnxruntime-fp32"  # the most accurate of the largest phi
+
+
+def test_smaller_phi_precisions_are_not_timed_once_a_larger_phi_fits(onnx_exports, lite_family_exports, tmp_path):
+    exports, _ = onnx_exports
+    models = tmp_path / "models"
+    shutil.copytree(exports / "lite0", models / "lite0")
+    shutil.copytree(lite_family_exports / "lite1", models / "lite1")
+    det = start(models, tmp_path / "profiles.json", 30, 10.0)
+    sources = {row.artifact: row.source for row in det.profile}
+    assert sources == {"lite0/onnxruntime-int8": "measured", "lite1/onnxruntime-fp32": "measured",
+                       "lite0/onnxruntime-fp16": "skipped (cannot win: lite1 fits)",
+                       "lite0/onnxruntime-fp32": "skipped (cannot win: lite1 fits)"}
+    assert det.artifact.name == "lite1/onnxruntime-fp32"
+
+
+def test_int8_well_over_budget_rules_out_its_runtime_and_timing_stops_early(models, tmp_path):
+    """int8 at 50 ms against 30 (1.7x, under the 3x rejection): timed with 1 warm-up and 3 runs, and
+    the fp16/fp32 of its runtime are not timed."""
+    det_rows = {}
+    with pytest.raises(BudgetError) as error:
+        Detector(30, models=models, profile_cache=tmp_path / "p.json", frame_size=FRAME_SIZE, clock=StepClock(50.0),
+                 warmup=3, runs=20, adapt=False)
+    det_rows = table(error.value)
+    assert det_rows["lite0/onnxruntime-int8"].split()[1] == "50.0"
+    assert "skipped (int8 of onnxruntime already 1.7x over budget)" in det_rows["lite0/onnxruntime-fp32"]
+    from edgedet.profiling import ProfileCache
+
+    runs = sorted(e["latency"]["runs"] for e in ProfileCache(tmp_path / "p.json").entries().values())
+    assert runs == [3, 3]  # lite0 and d0 int8: over is certain after 3 of 20
