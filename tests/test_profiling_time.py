@@ -50,7 +50,8 @@ def test_hopeless_phi_costs_one_call_per_backend_and_is_remembered(models, tmp_p
     for variant in ("lite0", "d0"):
         assert "rejected after warm-up" in rows[f"{variant}/onnxruntime-int8"]
         for precision in ("fp16", "fp32"):
-            assert "skipped (int8 of onnxruntime already 3.3x over budget)" in rows[f"{variant}/onnxruntime-{precision}"]
+            row = rows[f"{variant}/onnxruntime-{precision}"]
+            assert "skipped (int8 of onnxruntime already 3.3x over budget)" in row
     with pytest.raises(BudgetError) as again:
         start(models, cache, 30, 1.0)  # would fit if it measured: the cached rejection stands
     assert "rejected (cache)" in table(again.value)["lite0/onnxruntime-int8"]
