@@ -628,7 +628,8 @@ class Detector:
         rungs = [Rung(name, ms, self._accuracy(a)) for name, (a, ms) in self._profiled.items()]
         try:
             policy = AdaptivePolicy(rungs, float(self.budget_ms), chosen.name, config=config)  # type: ignore[arg-type]
-        except ValueError:  # the served artifact is dominated (on_miss="smallest" ties): nothing to adapt
+        except ValueError:  # the served artifact is not on the ladder (dominated): serve it pinned
+            log.info("edgedet: %s is slower than a more accurate artifact; serving it without adapting", chosen.name)
             return
         if len(policy.ladder) < 2:
             return  # one artifact: nowhere to step
@@ -694,8 +695,8 @@ class Detector:
         except BaseException as exc:  # cancelled or failed to load: keep serving what we serve
             log.error("edgedet: cannot switch to %s (%s); staying on %s", switch.target, exc, switch.source)
             with self._lock:
-                if self._policy is not None:
-                    self._policy.reset(switch.source)
+                if self._policy is not None and self._policy.serving.name == switch.target:
+                    self._policy.reset(self.artifact.name)  # back to what is really served
                 self._warm.pop(switch.target, None)
             return
         with self._lock:
