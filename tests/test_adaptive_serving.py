@@ -114,6 +114,24 @@ def test_concurrent_callers_across_a_switch(models, tmp_path):
     det.close()
 
 
+def test_a_switch_that_cannot_load_keeps_serving(models, tmp_path, caplog):
+    """The step-down target is damaged after start: the switch is refused, serving goes on."""
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    cache = tmp_path / "profiles.json"
+    fake_profile(cache, copy, PROFILED)
+    det = Detector(3.5, models=copy, profile_cache=cache, frame_size=FRAME_SIZE, adapt=FAST)
+    model = copy / "lite0" / "onnxruntime-int8" / "model.onnx"
+    model.write_bytes(model.read_bytes()[:1000])
+    with caplog.at_level("ERROR", logger="edgedet"):
+        deadline = time.monotonic() + 60
+        while "cannot switch" not in caplog.text and time.monotonic() < deadline:
+            assert det.serve(frame(0)).artifact.name == "d0/onnxruntime-fp32"
+    assert "cannot switch to lite0/onnxruntime-int8" in caplog.text and det.switches == []
+    assert det.artifact.name == "d0/onnxruntime-fp32" and det._policy.serving.name == "d0/onnxruntime-fp32"
+    det.close()
+
+
 def test_adapt_false_pins_the_choice(models, tmp_path):
     cache = tmp_path / "profiles.json"
     fake_profile(cache, models, PROFILED)
