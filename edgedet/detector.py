@@ -277,6 +277,7 @@ class Detector:
         self._profiled: dict[str, tuple[Artifact, float]] = {}  # name -> (artifact, profiled ms)
         self._warm: dict[str, Future] = {}  # name -> Future[Pipeline]: loaded and warm, or loading
         self._executor: ThreadPoolExecutor | None = None
+        self._loading = threading.Event()  # set while the background thread loads or warms a model
         self._measured_pipelines: dict[str, Pipeline] = {}  # loaded while profiling: reused as warm neighbours
 
         candidates = self._candidates(variant, backend, precision)
@@ -662,10 +663,14 @@ class Detector:
         artifact = self._profiled[name][0]
 
         def load() -> Pipeline:
-            loaded = self._load(artifact)
-            frame = self._frame()
-            for _ in range(2):  # the first calls allocate: pay for them here, not in a served call
-                loaded(frame)
+            self._loading.set()
+            try:
+                loaded = self._load(artifact)
+                frame = self._frame()
+                for _ in range(2):  # the first calls allocate: pay for them here, not in a served call
+                    loaded(frame)
+            finally:
+                self._loading.clear()  # one worker: no other load runs concurrently
             log.debug("edgedet: %s loaded and warm", name)
             return loaded
 
@@ -673,8 +678,8 @@ class Detector:
 
     def _observe(self, artifact: Artifact, latency_ms: float) -> None:
         policy = self._policy
-        if policy is None:
-            return
+        if policy is None or self._loading.is_set():
+            return  # while we load a model ourselves, slow calls say nothing about the device
         with self._lock:
             switch = policy.observe(artifact.name, latency_ms)
             if switch is None:
