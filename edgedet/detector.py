@@ -8,19 +8,33 @@ within budget (a bigger φ is never faster). Among the artifacts of one φ that 
 accurate precision wins (fp32 > fp16 > int8), then the fastest. The D and Lite walks each end
 at their largest φ within budget; between those two, the variant with the higher published COCO
 AP is served (φ does not compare across families: Lite2 beats D0). Measurements are cached per
-device, runtime, threads, artifact and frame size, so a second start measures nothing.
+device, runtime, threads, artifact architecture and frame size, so a second start measures nothing.
+
+Profiling respects the caller's time: each φ is scouted by its int8 artifacts (the likely
+fastest); only the largest φ that fits has its other precisions timed (fp32 first, fp16 only if no
+fp32 fits); an artifact whose first warm-up call already takes more than ``REJECT_FACTOR`` × the
+budget is rejected untimed, and the other precisions of a runtime whose int8 was rejected are
+skipped; timing stops once an artifact's percentile is certain to be over budget.
+
+Serving adapts (issue 13): with a budget, :class:`edgedet.adaptive.AdaptivePolicy` watches the
+latency of the detector's own calls and steps to a faster artifact when the device slows down,
+back up when it recovers; the neighbours are kept loaded and warm on a background thread, and a
+switch swaps one reference under a lock (a call finishes on the pipeline it started with).
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 
+from edgedet.adaptive import AdaptiveConfig, AdaptivePolicy, Rung, Switch
 from edgedet.config import get_config
 from edgedet.backends import BACKENDS, BackendError, available_backends, load_backend, runtime_version
 from edgedet.detections import Detections
@@ -29,7 +43,8 @@ from edgedet.manifest import MANIFEST_NAME, Manifest, ManifestError
 from edgedet.pipeline import Pipeline  # re-exported: it was defined here
 from edgedet.postprocess import DEFAULT_SCORE_THRESHOLD
 from edgedet.preprocess import InputError, validate_frame
-from edgedet.profiling import Clock, LatencyStats, ProfileCache, measure, profile_key
+from edgedet.profiling import (Clock, LatencyStats, ProfileCache, TooSlow, architecture_fingerprint,
+                               default_cache_path, measure, profile_key)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +52,14 @@ log = logging.getLogger(__name__)
 MODELS_ENV = "EDGEDET_MODELS"
 #: More accurate first: the order in which precisions of the same φ are preferred.
 PRECISION_RANK = {"fp32": 0, "fp16": 1, "int8": 2}
+#: Likely fastest first: the order in which the precisions of one φ are timed.
+SPEED_ORDER = {"int8": 0, "fp16": 1, "fp32": 2}
+#: An artifact whose first warm-up call exceeds this × the budget is rejected untimed (a first call
+#: is slower than the steady state, but not by this much on the runtimes measured: see README).
+REJECT_FACTOR = 3.0
+#: An int8 artifact over this × the budget rules out the other precisions of its runtime: they
+#: would have to run this much faster than int8 (int8 measured 1.3-3x faster than fp32 here).
+INT8_HOPELESS_FACTOR = 1.5
 #: When no budget forces a measurement, the runtime tried first.
 BACKEND_PREFERENCE = ("onnxruntime", "openvino", "tflite", "torch")
 TYPICAL_FRAME = (1280, 720)  # width, height: an HD camera
@@ -101,6 +124,14 @@ def find_artifacts(models: str | Path) -> list[Artifact]:
     return found
 
 
+class Served(NamedTuple):
+    """One call's result and what served it (:meth:`Detector.serve`)."""
+
+    detections: Detections
+    artifact: Artifact  #: the artifact this call ran on
+    latency_ms: float  #: the call's end-to-end latency
+
+
 @dataclass
 class ProfileRow:
     """One line of the selection table."""
@@ -139,7 +170,8 @@ class Detector:
         backend: ``"auto"`` (any of ``"onnxruntime"``, ``"openvino"``, ``"tflite"``) or one of
             them, or ``"torch"`` (the PyTorch reference: only when named; needs torch).
         precision: ``"auto"`` or one of ``"fp32"``, ``"fp16"``, ``"int8"``.
-        threads: inference threads (None: the runtime's default).
+        threads: inference threads (None: every core this process may use, its affinity and cgroup
+            CPU quota respected, on every runtime).
         percentile: which latency percentile must meet the budget (50, 90 or 99).
         frame_size: (width, height) of the frames you will send; letterboxing cost depends on it.
         device: runtime device: ``"cpu"``; ``"cuda"``/``"tensorrt"`` for onnxruntime, ``"cuda"`` for torch;
@@ -152,7 +184,12 @@ class Detector:
         score_threshold, iou_threshold, max_detections: post-processing settings.
         rgb: frames are RGB instead of OpenCV's BGR.
         warmup, runs: untimed and timed calls per measurement.
-        clock: the timer (injectable for tests).
+        clock: the timer of the profiling measurements (injectable for tests).
+        adapt: with a budget, step to a faster artifact when the device slows down and back when it
+            recovers (True, the default, or an :class:`~edgedet.adaptive.AdaptiveConfig`); False
+            pins the start-up choice.
+        on_switch: called with each applied :class:`~edgedet.adaptive.Switch` (from the thread that
+            completed it); every switch is also logged and appended to :attr:`switches`.
     """
 
     def __init__(self, budget_ms: float | None = None, *, variant: str | None = None,
@@ -161,7 +198,8 @@ class Detector:
                  device: str = "cpu", on_miss: Literal["error", "smallest"] = "error", refresh: bool = False,
                  profile_cache: str | Path | Literal[False] | None = None, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  iou_threshold: float = 0.5, max_detections: int = 100, rgb: bool = False, warmup: int = 3,
-                 runs: int = 20, clock: Clock = time.perf_counter) -> None:
+                 runs: int = 20, clock: Clock = time.perf_counter, adapt: bool | AdaptiveConfig = True,
+                 on_switch: Callable[[Switch], None] | None = None) -> None:
         if budget_ms is None and variant is None:
             raise ValueError("give a latency budget (Detector(budget_ms=30)) or a variant (Detector(variant='d0'))")
         if budget_ms is not None and not (isinstance(budget_ms, (int, float)) and np.isfinite(budget_ms)
@@ -183,29 +221,57 @@ class Detector:
         self._timing = dict(warmup=warmup, runs=runs, clock=clock)
         self.models_dir = _models_dir(models)
         cache_path = (None if profile_cache is False else
-                      Path(profile_cache) if profile_cache is not None else cache_dir() / "profiles.json")
+                      Path(profile_cache) if profile_cache is not None else default_cache_path())
         self._cache = ProfileCache(cache_path) if cache_path is not None else None
         self._refresh = refresh
         self.profile = ProfileTable()
+        #: Every applied switch, oldest first (see ``on_switch``).
+        self.switches: list[Switch] = []
+        self._on_switch = on_switch
+        self._lock = threading.Lock()
+        self._policy: AdaptivePolicy | None = None
+        self._profiled: dict[str, tuple[Artifact, float]] = {}  # name -> (artifact, profiled ms)
+        self._warm: dict[str, Future] = {}  # name -> Future[Pipeline]: loaded and warm, or loading
+        self._executor: ThreadPoolExecutor | None = None
+        self._loading = threading.Event()  # set while the background thread loads or warms a model
+        self._measured_pipelines: dict[str, Pipeline] = {}  # loaded while profiling: reused as warm neighbours
 
         candidates = self._candidates(variant, backend, precision)
         if budget_ms is None:
             chosen = self._pick_without_budget(candidates)
-            self._pipeline = self._load(chosen)
-            self.latency_ms: float | None = None
+            pipeline, latency = self._load(chosen), None
         else:
-            chosen, self._pipeline, self.latency_ms = self._select(candidates, on_miss)
-        self.artifact = chosen
-        log.info("edgedet: serving %s (%s)%s", chosen.name, self._pipeline.backend.describe(),
-                 "" if self.latency_ms is None else
-                 f", p{percentile:g} {self.latency_ms:.1f} ms within {budget_ms:g} ms")
+            chosen, pipeline, latency = self._select(candidates, on_miss)
+        # The one reference a switch replaces: (artifact, pipeline, profiled ms).
+        self._serving: tuple[Artifact, Pipeline, float | None] = (chosen, pipeline, latency)
+        log.info("edgedet: serving %s (%s)%s", chosen.name, pipeline.backend.describe(),
+                 "" if latency is None else f", p{percentile:g} {latency:.1f} ms within {budget_ms:g} ms")
+        if budget_ms is not None and adapt:
+            config = AdaptiveConfig(percentile=percentile) if adapt is True else adapt  # the profile's percentile
+            self._start_adapting(config, chosen, pipeline)
+        self._measured_pipelines = {}  # what adapting did not keep is released
 
     # ------------------------------------------------------------------------------- public
 
     @property
     def pipeline(self) -> Pipeline:
         """The loaded artifact with its pre/post-processing (its ``backend``, ``prepare()``...)."""
-        return self._pipeline
+        return self._serving[1]
+
+    @property
+    def artifact(self) -> Artifact:
+        """The artifact served now (it changes when serving adapts; :meth:`serve` says per call)."""
+        return self._serving[0]
+
+    @property
+    def latency_ms(self) -> float | None:
+        """The served artifact's profiled latency (None when chosen without a budget)."""
+        return self._serving[2]
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether serving adapts to the device's speed (a budget, ``adapt=True``, and somewhere to step)."""
+        return self._policy is not None
 
     @property
     def variant(self) -> str:
@@ -225,9 +291,18 @@ class Detector:
 
     def __call__(self, frame: np.ndarray) -> Detections:
         """Detect objects in one H×W×3 uint8 frame (BGR unless ``rgb=True``)."""
+        return self.serve(frame).detections
+
+    def serve(self, frame: np.ndarray) -> Served:
+        """Like calling the detector, and say which artifact served the call and how long it took."""
+        started = time.perf_counter()
         if isinstance(frame, (list, tuple)):
             raise InputError("Detector(frame) takes one frame; use detector.detect_batch(frames) for several")
-        return self._pipeline(validate_frame(frame))[0]
+        artifact, pipeline, _ = self._serving  # one read: the call ends on the pipeline it started with
+        detections = pipeline(validate_frame(frame))[0]
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self._observe(artifact, latency_ms)
+        return Served(detections, artifact, latency_ms)
 
     def detect(self, frame: np.ndarray) -> Detections:
         """Same as calling the detector."""
@@ -237,14 +312,34 @@ class Detector:
         """Detect in several frames (one inference call per artifact batch size)."""
         if len(frames) == 0:
             raise InputError("detect_batch() got no frames")
-        batch = self.artifact.manifest.input.batch_size
         results: list[Detections] = []
-        for start in range(0, len(frames), batch):
+        start = 0
+        while start < len(frames):
+            artifact, pipeline, _ = self._serving  # per chunk: a switch takes effect between chunks
+            batch = artifact.manifest.input.batch_size
+            started = time.perf_counter()
             chunk = list(frames[start:start + batch])
             count = len(chunk)
             chunk += [chunk[-1]] * (batch - count)  # a fixed-batch artifact: pad the last chunk
-            results.extend(self._pipeline(chunk)[:count])
+            results.extend(pipeline(chunk)[:count])
+            if batch == 1:  # the profile is of one frame per call
+                self._observe(artifact, (time.perf_counter() - started) * 1000.0)
+            start += count
         return results
+
+    def close(self) -> None:
+        """Stop adapting and release the background loader and the warm neighbours."""
+        with self._lock:
+            self._policy = None
+            self._warm.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         lat = "" if self.latency_ms is None else f", latency_ms={self.latency_ms:.1f}"
@@ -306,25 +401,87 @@ class Detector:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
+    def _reject_limit_ms(self) -> float | None:
+        return None if self.budget_ms is None else REJECT_FACTOR * self.budget_ms
+
     def _latency(self, artifact: Artifact) -> tuple[LatencyStats, str, Pipeline | None]:
-        """The artifact's end-to-end latency: from the cache, else measured (returns the pipeline)."""
-        key = profile_key(artifact_sha256=artifact.sha256, backend=artifact.manifest.backend,
-                          runtime_version=runtime_version(artifact.manifest.backend), threads=self.threads,
-                          frame_size=self.frame_size, device=self.device)
+        """The artifact's end-to-end latency: from the cache, else measured (returns the pipeline).
+
+        Raises :class:`TooSlow` when its first warm-up call (now, or as cached) is over
+        ``REJECT_FACTOR`` × the budget.
+        """
+        m = artifact.manifest
+        version = runtime_version(m.backend)
+        key = profile_key(architecture=architecture_fingerprint(m), backend=m.backend, runtime_version=version,
+                          threads=self.threads, frame_size=self.frame_size, device=self.device)
+        limit = self._reject_limit_ms()
         if self._cache is not None and not self._refresh:
             cached = self._cache.get(key)
-            if cached is not None:
+            # runs == 0: a cached rejection, which only says "slower than its first call"
+            if cached is not None and cached.runs == 0 and limit is not None and cached.p90 > limit:
+                raise TooSlow(cached.p90, limit, cached=True)
+            if cached is not None and cached.runs > 0:
                 return cached, "cache", None
         pipeline = self._load(artifact)
         frame = self._frame()
+        info = {"artifact": artifact.name, "frame_size": list(self.frame_size), "threads": self.threads,
+                "runtime_backend": m.backend, "runtime_version": version, "backend": pipeline.backend.describe()}
         # A model far over budget gets few runs: its verdict does not need a tight percentile.
-        limit = None if self.budget_ms is None else max(2.0, 4 * self._timing["runs"] * self.budget_ms / 1000)
-        stats = measure(lambda: pipeline(frame), warmup=self._timing["warmup"], runs=self._timing["runs"],
-                        clock=self._timing["clock"], max_seconds=limit)
+        seconds = None if self.budget_ms is None else max(2.0, 4 * self._timing["runs"] * self.budget_ms / 1000)
+        try:
+            stats = measure(lambda: pipeline(frame), warmup=max(1, self._timing["warmup"]),
+                            runs=self._timing["runs"], clock=self._timing["clock"], max_seconds=seconds,
+                            reject_above_ms=limit, over_ms=self.budget_ms, percentile=self.percentile)
+        except TooSlow as slow:
+            if self._cache is not None:
+                first = slow.first_ms
+                self._cache.put(key, LatencyStats(first, first, first, first, first, 0), {**info, "rejected": True})
+            raise
         if self._cache is not None:
-            self._cache.put(key, stats, {"artifact": artifact.name, "frame_size": list(self.frame_size),
-                                         "threads": self.threads, "backend": pipeline.backend.describe()})
+            self._cache.put(key, stats, info)
         return stats, "measured", pipeline
+
+    def _row(self, a: Artifact, latency: float | None, fits: bool | None, source: str) -> None:
+        m = a.manifest
+        self.profile.append(ProfileRow(a.name, m.variant, m.phi, m.backend, m.precision, latency, fits, source))
+
+    def _time_all(self, artifacts: list[Artifact], budget: float,
+                  hopeless: dict[str, str]) -> list[tuple[float, Artifact, Pipeline | None]]:
+        """Latencies of ``artifacts`` (in the order given), rejecting and skipping what cannot fit.
+
+        ``hopeless`` (backend -> why) is shared by the calls for one φ: a rejected int8 skips the
+        other precisions of its runtime. Returns ``(latency, artifact, pipeline or None)`` of each
+        artifact actually timed (or cached).
+        """
+        measured = []
+        for a in artifacts:
+            m = a.manifest
+            if m.backend in hopeless:
+                self._row(a, None, False, f"skipped ({hopeless[m.backend]})")
+                continue
+            try:
+                stats, source, pipeline = self._latency(a)
+            except TooSlow as slow:
+                log.info("%s: rejected, first call %.1f ms > %.1f ms (%g x budget)", a.name, slow.first_ms,
+                         slow.limit_ms, REJECT_FACTOR)
+                self._row(a, slow.first_ms, False, f"rejected {'(cache)' if slow.cached else 'after warm-up'}: "
+                          f"first call > {REJECT_FACTOR:g}x budget")
+                if m.precision == "int8":  # the others of this runtime are slower (fp16 need not beat fp32 on CPU)
+                    hopeless[m.backend] = f"int8 of {m.backend} already {slow.first_ms / budget:.1f}x over budget"
+                continue
+            except (BackendError, ManifestError) as exc:
+                log.warning("cannot use %s: %s", a.name, exc)
+                self._row(a, None, None, f"error: {exc}")
+                continue
+            latency = stats.percentile_ms(self.percentile)
+            fits = latency <= budget
+            self._row(a, latency, fits, source)
+            if m.precision == "int8" and latency > INT8_HOPELESS_FACTOR * budget:
+                hopeless[m.backend] = f"int8 of {m.backend} already {latency / budget:.1f}x over budget"
+            log.info("%s: p%g %.1f ms (%s) %s budget %.1f ms", a.name, self.percentile, latency, source,
+                     "within" if fits else "over", budget)
+            measured.append((latency, a, pipeline))
+        return measured
 
     def _select(self, candidates: list[Artifact], on_miss: str) -> tuple[Artifact, Pipeline, float]:
         budget = float(self.budget_ms)  # type: ignore[arg-type]
@@ -336,42 +493,23 @@ class Detector:
         best: list[tuple[tuple, Artifact, float, Pipeline | None]] = []
         measured_all: list[tuple[float, Artifact, Pipeline | None]] = []
         for family, variants in by_family.items():
-            stopped = False
-            for (phi, size, variant) in sorted(variants):
-                group = sorted(variants[(phi, size, variant)], key=lambda a: a.name)
-                if stopped:
-                    for a in group:
-                        self.profile.append(ProfileRow(a.name, variant, phi, a.manifest.backend,
-                                                       a.manifest.precision, None, None, "skipped (walk stopped)"))
-                    continue
-                fitting = []
-                for a in group:
-                    try:
-                        stats, source, pipeline = self._latency(a)
-                    except (BackendError, ManifestError) as exc:
-                        log.warning("cannot use %s: %s", a.name, exc)
-                        self.profile.append(ProfileRow(a.name, variant, phi, a.manifest.backend,
-                                                       a.manifest.precision, None, None, f"error: {exc}"))
-                        continue
-                    latency = stats.percentile_ms(self.percentile)
-                    fits = latency <= budget
-                    self.profile.append(ProfileRow(a.name, variant, phi, a.manifest.backend, a.manifest.precision,
-                                                   latency, fits, source))
-                    log.info("%s: p%g %.1f ms (%s) %s budget %.1f ms", a.name, self.percentile, latency, source,
-                             "within" if fits else "over", budget)
-                    measured_all.append((latency, a, pipeline))
-                    if fits:
-                        fitting.append((PRECISION_RANK[a.manifest.precision], latency, a, pipeline))
-                if not fitting:
-                    stopped = True  # bigger φ is never faster: stop this family's walk
-                    continue
-                rank, latency, a, pipeline = min(fitting, key=lambda t: (t[0], t[1]))
-                best.append(((_published_ap(variant), phi, size), a, latency, pipeline))
+            winner = self._walk(variants, budget, measured_all)
+            if winner is not None:
+                best.append(winner)
+        self._profiled = {a.name: (a, latency) for latency, a, _ in measured_all}
+        self._measured_pipelines = {a.name: p for _, a, p in measured_all if p is not None}
 
         if best:
             _, artifact, latency, pipeline = max(best, key=lambda t: t[0])
             return artifact, pipeline or self._load(artifact), latency
         if not measured_all:
+            if any(row.fits is False for row in self.profile):
+                latency, name = min((row.latency_ms or float("inf"), row.artifact) for row in self.profile
+                                    if row.fits is False)
+                raise BudgetError(f"no artifact meets the {budget:g} ms budget on this device: the fastest first "
+                                  f"call, {name}, took {latency:.1f} ms (over {REJECT_FACTOR:g}x the budget)."
+                                  " Export INT8 artifacts, a smaller variant (lite0), or raise the budget.\n"
+                                  + str(self.profile))
             raise NoArtifactsError(f"none of the artifacts in {self.models_dir} could be loaded; see the log")
         latency, artifact, pipeline = min(measured_all, key=lambda t: t[0])
         message = (f"no artifact meets the {budget:g} ms budget (p{self.percentile:g}, end to end, frames "
@@ -384,6 +522,157 @@ class Detector:
             raise BudgetError(message)
         log.warning("%s\nServing the fastest, %s, as on_miss='smallest' asks.", message, artifact.name)
         return artifact, pipeline or self._load(artifact), latency
+
+    def _walk(self, variants: dict[tuple[int, int, str], list[Artifact]], budget: float,
+              measured_all: list) -> tuple[tuple, Artifact, float, Pipeline | None] | None:
+        """One family's walk up in φ; returns its winner ``(rank key, artifact, latency, pipeline)``.
+
+        Each φ is scouted by its int8 artifacts (the likely fastest; all of them when int8 misses or
+        is absent). The walk stops at the first φ where nothing fits. Only the largest φ that fits
+        has its other precisions timed, fp32 first; fp16 only when no fp32 fits (it cannot win
+        otherwise). The deferred precisions of smaller φ cannot win and are not timed.
+        """
+        def speed(a: Artifact) -> tuple:
+            return SPEED_ORDER[a.manifest.precision], a.name
+
+        top: tuple | None = None  # (key, measured, deferred, hopeless) of the largest φ that fits
+        stopped = False
+        for key in sorted(variants):
+            ordered = sorted(variants[key], key=speed)
+            if stopped:
+                for a in ordered:
+                    self._row(a, None, None, "skipped (walk stopped)")
+                continue
+            hopeless: dict[str, str] = {}
+            scouts = [a for a in ordered if a.manifest.precision == "int8"] or ordered
+            measured = self._time_all(scouts, budget, hopeless)
+            deferred = [a for a in ordered if a not in scouts]
+            if deferred and not any(latency <= budget for latency, _, _ in measured):
+                measured += self._time_all(deferred, budget, hopeless)  # int8 is not always the fastest
+                deferred = []
+            measured_all.extend(measured)
+            if not any(latency <= budget for latency, _, _ in measured):
+                stopped = True  # bigger φ is never faster: stop this family's walk
+                continue
+            if top is not None:
+                for a in top[2]:
+                    self._row(a, None, None, f"skipped (cannot win: {key[2]} fits)")
+            top = (key, measured, deferred, hopeless)
+        if top is None:
+            return None
+        (phi, size, variant), measured, deferred, hopeless = top
+        for a in sorted(deferred, key=lambda a: (PRECISION_RANK[a.manifest.precision], a.name)):
+            if PRECISION_RANK[a.manifest.precision] > 0 and any(
+                    latency <= budget and PRECISION_RANK[b.manifest.precision] == 0 for latency, b, _ in measured):
+                self._row(a, None, None, "skipped (cannot win: an fp32 fits)")
+                continue
+            timed = self._time_all([a], budget, hopeless)
+            measured += timed
+            measured_all.extend(timed)
+        fitting = [(PRECISION_RANK[a.manifest.precision], latency, a, pipeline)
+                   for latency, a, pipeline in measured if latency <= budget]
+        rank, latency, a, pipeline = min(fitting, key=lambda t: (t[0], t[1]))
+        return (_published_ap(variant), phi, size), a, latency, pipeline
+
+    # ------------------------------------------------------------------------------- adapting
+
+    def _accuracy(self, artifact: Artifact) -> tuple:
+        """Expected accuracy, as selection ranks it: published AP, then φ and size, then precision."""
+        m = artifact.manifest
+        return (_published_ap(m.variant), m.phi, m.image_size, -PRECISION_RANK[m.precision])
+
+    def _start_adapting(self, config: AdaptiveConfig, chosen: Artifact, pipeline: Pipeline) -> None:
+        rungs = [Rung(name, ms, self._accuracy(a)) for name, (a, ms) in self._profiled.items()]
+        try:
+            policy = AdaptivePolicy(rungs, float(self.budget_ms), chosen.name, config=config)  # type: ignore[arg-type]
+        except ValueError:  # the served artifact is not on the ladder (dominated): serve it pinned
+            log.info("edgedet: %s is slower than a more accurate artifact; serving it without adapting", chosen.name)
+            return
+        if len(policy.ladder) < 2:
+            return  # one artifact: nowhere to step
+        self._policy = policy
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgedet-prewarm")
+        ready: Future = Future()
+        ready.set_result(pipeline)
+        self._warm[chosen.name] = ready
+        log.info("edgedet: adaptive serving over %s", ", ".join(f"{r.name} ({r.profiled_ms:.1f} ms)"
+                                                                 for r in policy.ladder))
+        with self._lock:
+            self._prewarm_neighbours()
+
+    def _prewarm_neighbours(self) -> None:
+        """Keep the serving artifact and its two neighbours loaded; drop the rest. Holds the lock."""
+        assert self._policy is not None and self._executor is not None
+        keep = {self._policy.serving.name, self.artifact.name} | {r.name for r in self._policy.neighbours()}
+        for name in keep - set(self._warm):
+            self._warm[name] = self._warm_pipeline(name)
+        for name in set(self._warm) - keep:
+            self._warm.pop(name).cancel()
+
+    def _warm_pipeline(self, name: str) -> Future:
+        """A loaded, warmed pipeline: the one profiling left loaded, else loaded in the background."""
+        pipeline = self._measured_pipelines.get(name)
+        if pipeline is not None:
+            done: Future = Future()
+            done.set_result(pipeline)
+            return done
+        artifact = self._profiled[name][0]
+
+        def load() -> Pipeline:
+            self._loading.set()
+            try:
+                loaded = self._load(artifact)
+                frame = self._frame()
+                for _ in range(2):  # the first calls allocate: pay for them here, not in a served call
+                    loaded(frame)
+            finally:
+                self._loading.clear()  # one worker: no other load runs concurrently
+            log.debug("edgedet: %s loaded and warm", name)
+            return loaded
+
+        return self._executor.submit(load)  # type: ignore[union-attr]
+
+    def _observe(self, artifact: Artifact, latency_ms: float) -> None:
+        policy = self._policy
+        if policy is None or self._loading.is_set():
+            return  # while we load a model ourselves, slow calls say nothing about the device
+        with self._lock:
+            switch = policy.observe(artifact.name, latency_ms)
+            if switch is None:
+                return
+            target = self._warm.get(switch.target) or self._warm_pipeline(switch.target)
+            self._warm[switch.target] = target
+        log.warning("edgedet: stepping %s from %s to %s: %s", switch.direction, switch.source, switch.target,
+                    switch.reason)
+        # Swap now if the target is warm, else as soon as the background load finishes.
+        target.add_done_callback(lambda future: self._apply(switch, future))
+
+    def _apply(self, switch: Switch, future: Future) -> None:
+        """Serve ``switch.target`` (its pipeline in ``future``): one reference swapped under the lock."""
+        if self._policy is None:
+            return  # closed
+        try:
+            pipeline = future.result()
+        except BaseException as exc:  # cancelled or failed to load: keep serving what we serve
+            log.error("edgedet: cannot switch to %s (%s); staying on %s", switch.target, exc, switch.source)
+            with self._lock:
+                if self._policy is not None and self._policy.serving.name == switch.target:
+                    self._policy.reset(self.artifact.name)  # back to what is really served
+                self._warm.pop(switch.target, None)
+            return
+        with self._lock:
+            if self._policy is None or self._policy.serving.name != switch.target:
+                return  # closed, or a later decision superseded this one
+            artifact, profiled_ms = self._profiled[switch.target]
+            self._serving = (artifact, pipeline, profiled_ms)
+            self.switches.append(switch)
+            self._prewarm_neighbours()
+        log.info("edgedet: now serving %s", switch.target)
+        if self._on_switch is not None:
+            try:
+                self._on_switch(switch)
+            except Exception:  # a caller's callback must not break serving
+                log.exception("edgedet: on_switch callback failed")
 
 
 def _models_dir(models: str | Path | None) -> Path:

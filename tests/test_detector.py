@@ -20,7 +20,7 @@ from edgedet.backends import ModelLoadError, load_backend, runtime_version
 from edgedet.detector import BudgetError, Detector, NoArtifactsError, find_artifacts
 from edgedet.manifest import ManifestError
 from edgedet.preprocess import InputError
-from edgedet.profiling import LatencyStats, ProfileCache, profile_key
+from edgedet.profiling import LatencyStats, ProfileCache, architecture_fingerprint, profile_key
 
 FRAME_SIZE = (640, 480)
 
@@ -52,7 +52,7 @@ def fake_profile(cache_path: Path, models: Path, latencies: dict[str, float], *,
     for artifact in find_artifacts(models):
         if artifact.name in latencies:
             ms = latencies[artifact.name]
-            key = profile_key(artifact_sha256=artifact.sha256, backend=artifact.manifest.backend,
+            key = profile_key(architecture=architecture_fingerprint(artifact.manifest), backend=artifact.manifest.backend,
                               runtime_version=runtime_version(artifact.manifest.backend), threads=threads,
                               frame_size=FRAME_SIZE)
             cache.put(key, LatencyStats(ms, ms, ms, ms, ms, 20))
