@@ -577,9 +577,7 @@ class Detector:
     # ------------------------------------------------------------------------------- adapting
 
     def _accuracy(self, artifact: Artifact) -> tuple:
-        """Expected accuracy, as selection ranks it: published AP, then φ and size, then precision."""
-        m = artifact.manifest
-        return (_published_ap(m.variant), m.phi, m.image_size, -PRECISION_RANK[m.precision])
+        return accuracy_rank(artifact.manifest)
 
     def _start_adapting(self, config: AdaptiveConfig, chosen: Artifact, pipeline: Pipeline) -> None:
         rungs = [Rung(name, ms, self._accuracy(a)) for name, (a, ms) in self._profiled.items()]
@@ -685,6 +683,12 @@ def _models_dir(models: str | Path | None) -> Path:
 
         return unpack_cached(path, cache_dir() / "bundles")
     return path
+
+
+def accuracy_rank(manifest: Manifest) -> tuple:
+    """Expected accuracy, as selection and adaptive serving rank artifacts (higher is better):
+    published AP, then φ and input size, then precision (fp32 > fp16 > int8)."""
+    return (_published_ap(manifest.variant), manifest.phi, manifest.image_size, -PRECISION_RANK[manifest.precision])
 
 
 def _published_ap(variant: str) -> float:

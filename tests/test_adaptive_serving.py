@@ -155,7 +155,6 @@ def _p90(values: list[float]) -> float:
     return float(np.percentile(values, 90))
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux)")
 def test_real_slowdown_adaptive_holds_budget_static_does_not(models, tmp_path):
     """A busy process on the detector's CPU roughly halves its speed. The budget is set from the
     profile measured here: the accurate artifact fits with 20% headroom when idle; under the load
@@ -177,7 +176,8 @@ def test_real_slowdown_adaptive_holds_budget_static_does_not(models, tmp_path):
         accurate, fast = profiled["d0/onnxruntime-int8"], profiled["lite0/onnxruntime-int8"]
         budget = headroom * accurate
         if fast * 3.5 > budget:
-            pytest.skip(f"lite0 ({fast:.0f} ms) not fast enough against d0 ({accurate:.0f} ms) here")
+            pytest.fail(f"the test needs lite0 well over 3x faster than d0 to show a step down, but here lite0 "
+                        f"took {fast:.0f} ms and d0 {accurate:.0f} ms: was the machine busy?")
         del probe
 
         static = Detector(budget, adapt=False, **options)
