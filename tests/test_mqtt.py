@@ -300,3 +300,44 @@ def test_broker_restart_mid_run_real_int8_detector(onnx_exports, broker, subscri
     print(f"\nINT8 run: {result['stats'].summary()}; during the outage {frames_during_outage} frames; "
           f"publisher: published {publisher.published}, dropped {publisher.dropped}, reconnects {publisher.reconnects}; "
           f"{len(by_id)} objects, {len(complete)} complete sequences")
+
+
+def test_camera_loop_script_with_track_mqtt_and_http(onnx_exports, broker, subscriber, clip, tmp_path):
+    """The example script as under systemd: the INT8 model on a looping file, tracked ids in the JSON
+    lines, MQTT and the web view on (token from the environment) until SIGTERM; offline at exit."""
+    import os
+    import signal
+    import sys
+    import urllib.error
+    import urllib.request
+
+    exports, _ = onnx_exports
+    script = Path(__file__).resolve().parents[1] / "examples" / "raspberrypi" / "camera_loop.py"
+    jsonl, http_port = tmp_path / "out.jsonl", free_port()
+    env = {**os.environ, "PYTHONPATH": str(script.parents[2]), "EDGEDET_HTTP_TOKEN": "tok",
+           "EDGEDET_MQTT_PASSWORD": "never-logged", "EDGEDET_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, str(script), "--models", str(exports), "--variant", "lite0",
+                             "--threads", "1", "--source", str(clip), "--loop", "--no-display", "--score-threshold", "0.5",
+                             "--jsonl-out", str(jsonl), "--camera", "cli", "--mqtt", f"127.0.0.1:{broker.port}",
+                             "--mqtt-username", "edgedet", "--mqtt-stats-interval", "0.5", "--http", f":{http_port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        wait_for(lambda: proc.poll() is not None or len(subscriber.json("edgedet/stats")) >= 2, 120, "stats from the script")
+        assert proc.poll() is None, proc.communicate()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/stats?token=tok", timeout=10) as r:
+            assert json.loads(r.read())["camera"] == "cli"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/stats", timeout=10)
+        assert refused.value.code == 401
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "never-logged" not in output and "tok" not in output.replace("token", "")
+    wait_for(lambda: subscriber.on("edgedet/available")[-1:] == [b"offline"], 5, "offline")
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    tracked = [d for r in records for d in r["detections"]]
+    assert tracked and all(isinstance(d["tracker_id"], int) for d in tracked)
+    assert subscriber.json("edgedet/stats")[-1]["frames"] > 0 and subscriber.json("edgedet/events")
