@@ -264,6 +264,10 @@ class MqttPublisher:
             if event.type == "new" and s.snapshots:
                 self._put_snapshot(frame, event)
 
+    def publish(self, topic: str, payload: bytes | str, *, retain: bool = False, qos: int | None = None) -> None:
+        """Queue any message (e.g. your own topic under the prefix); never blocks."""
+        self._enqueue(topic, payload, qos=self.settings.qos if qos is None else qos, retain=retain)
+
     # -- what is published -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
