@@ -85,7 +85,8 @@ class MqttSettings:
         username, password: broker credentials.
         tls: connect with TLS; ``ca_certs`` (default: the system's), ``certfile``/``keyfile`` for a
             client certificate, ``tls_insecure`` skips the host-name check (self-signed test setups).
-        qos: QoS of counts, events and stats (availability always uses 1).
+        qos: QoS of counts, events and stats (availability always uses 1). With 0, messages handed
+            to a connection that then breaks are lost uncounted; 1 has paho resend them.
         queue_size: messages kept while the broker is away; older ones are dropped (and counted).
         stats_interval_s: how often ``<prefix>/stats`` is published (0: never).
         snapshots: publish a JPEG crop of each new object; ``snapshot_width`` bounds its width.
@@ -167,6 +168,7 @@ class MqttPublisher:
                                    update_interval_s=s.update_interval_s)
         self._counts: dict[str, int] = {}       # label -> count last published
         self._discovered: set[str] = set()
+        self._active = 0  # open tracks, for the stats thread (the events belong to the frame loop)
         self._queue: collections.deque[_Message] = collections.deque()
         self._cond = threading.Condition()
         self._closing = threading.Event()
@@ -252,7 +254,8 @@ class MqttPublisher:
         counts["all"] = len(detections)
         for label, count in counts.items():
             if self._counts.get(label) != count:
-                self._counts[label] = count
+                with self._cond:  # _on_connect reads the counts from paho's thread
+                    self._counts[label] = count
                 self._enqueue(f"{s.prefix}/{s.camera}/{_slug(label)}", str(count), qos=s.qos, retain=True)
             if label not in self._discovered and s.discovery:
                 self._discovered.add(label)
@@ -263,6 +266,7 @@ class MqttPublisher:
             self._put_event(event)
             if event.type == "new" and s.snapshots:
                 self._put_snapshot(frame, event)
+        self._active = len(self._events.active)
 
     def publish(self, topic: str, payload: bytes | str, *, retain: bool = False, qos: int | None = None) -> None:
         """Queue any message (e.g. your own topic under the prefix); never blocks."""
@@ -276,7 +280,7 @@ class MqttPublisher:
             queued = len(self._queue)
         loop = self._stats_source() if self._stats_source is not None else {}
         return {"camera": self.settings.camera, "timestamp": round(time.time(), 3), **loop,
-                "active_objects": len(self._events.active),
+                "active_objects": self._active,
                 "mqtt": {"connected": self.connected, "queued": queued, "published": self.published,
                          "dropped": self.dropped, "reconnects": self.reconnects,
                          "uptime_s": round(time.time() - self._started, 1)}}

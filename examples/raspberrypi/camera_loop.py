@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--mqtt-cert", metavar="PATH", help="client certificate for TLS")
     m.add_argument("--mqtt-key", metavar="PATH", help="client key for TLS")
     m.add_argument("--mqtt-tls-insecure", action="store_true", help="skip the broker host-name check (test setups)")
+    m.add_argument("--mqtt-qos", type=int, default=0, choices=[0, 1, 2], help="QoS of counts, events and stats "
+                                                                             "(default: 0)")
     m.add_argument("--mqtt-snapshots", action="store_true", help="publish a JPEG of each new object")
     m.add_argument("--mqtt-stats-interval", type=float, default=10.0, metavar="S", help="stats every S s (default: 10)")
     m.add_argument("--mqtt-no-discovery", action="store_true", help="no Home Assistant discovery")
@@ -155,7 +157,7 @@ class LiveOutputs:
                     host=host, port=port, prefix=args.mqtt_prefix, camera=args.camera, client_id=args.mqtt_client_id,
                     username=args.mqtt_username, password=_secret(args.mqtt_password_file, "EDGEDET_MQTT_PASSWORD"),
                     tls=args.mqtt_tls, ca_certs=args.mqtt_ca, certfile=args.mqtt_cert, keyfile=args.mqtt_key,
-                    tls_insecure=args.mqtt_tls_insecure, snapshots=args.mqtt_snapshots,
+                    tls_insecure=args.mqtt_tls_insecure, qos=args.mqtt_qos, snapshots=args.mqtt_snapshots,
                     stats_interval_s=args.mqtt_stats_interval, discovery=not args.mqtt_no_discovery,
                     max_missed_frames=max_lost)
                 self.publisher = MqttPublisher(settings, stats=self.meter.snapshot).start()
