@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the generated scene
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # start_broker
 
 log = logging.getLogger("live_outputs")
 
@@ -69,8 +70,8 @@ def run(detector, video: Path, frames: int, live: bool, broker_port: int | None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mqtt_throughput import start_broker
     from moving_scene import write_video
-    from test_mqtt import Broker
 
     from edgedet.detector import Detector
 
@@ -87,17 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     video = write_video(work / "scene.avi", frames=60)
     detector = Detector(variant=args.variant, precision=args.precision, models=args.models, profile_cache=False,
                         threads=args.threads, score_threshold=0.5)
-    broker = Broker(work)
-    broker.start()
+    broker, port = start_broker(work)
     results: dict[str, list[dict]] = {"off": [], "on": []}
     try:
         run(detector, video, 10, False, None)  # warm-up
         for _ in range(args.rounds):
             for mode in ("off", "on"):
-                results[mode].append(run(detector, video, args.frames, mode == "on", broker.port))
+                results[mode].append(run(detector, video, args.frames, mode == "on", port))
                 print(mode, json.dumps(results[mode][-1]), flush=True)
     finally:
-        broker.stop()
+        broker.terminate()
+        broker.wait(10)
     summary = {mode: round(statistics.median(r["fps"] for r in runs), 2) for mode, runs in results.items()}
     print(json.dumps({"median_fps": summary, "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
                       "frames": args.frames, "model": f"{args.variant} {args.precision}"}))

@@ -189,6 +189,8 @@ class MqttPublisher:
         client.max_queued_messages_set(s.queue_size)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        self._failed_attempts = 0
         self._client = client
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -375,6 +377,7 @@ class MqttPublisher:
             log.warning("MQTT: %s:%d refused the connection: %s", self.settings.host, self.settings.port, reason_code)
             return
         self.connections += 1
+        self._failed_attempts = 0
         if self.connections > 1:
             self.reconnects += 1
             log.info("MQTT: reconnected (reconnect %d; %d messages queued)", self.reconnects, len(self._queue))
@@ -393,6 +396,13 @@ class MqttPublisher:
         with self._cond:
             self.connected = True
             self._cond.notify_all()
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self._failed_attempts += 1
+        n = self._failed_attempts
+        if n == 1 or n % 10 == 0:  # once, then now and then: a broker down for hours must not flood the log
+            log.warning("MQTT: cannot reach %s:%d (attempt %d); retrying, up to %g s apart", self.settings.host,
+                        self.settings.port, n, self.settings.reconnect_max_s)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         with self._cond:
