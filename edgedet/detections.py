@@ -52,6 +52,8 @@ class Detections:
         confidence: ``[N]`` float32 scores in ``[0, 1]``.
         class_id: ``[N]`` int32 class indices (0-based, indices into ``labels``).
         labels: the model's class names (index = class id), or ``None``.
+        tracker_id: ``[N]`` int64 ids of the tracked object each box belongs to (stable across
+            frames; set by a tracker, :mod:`edgedet.tracking`), or ``None`` when not tracked.
 
     The arrays are copied on construction and read-only. Indexing with an int gives a
     :class:`Detection`; with a slice, a boolean mask or an index array, a new ``Detections``.
@@ -63,14 +65,15 @@ class Detections:
             ``labels``) has no label.
     """
 
-    __slots__ = ("xyxy", "confidence", "class_id", "labels")
+    __slots__ = ("xyxy", "confidence", "class_id", "labels", "tracker_id")
     xyxy: np.ndarray
     confidence: np.ndarray
     class_id: np.ndarray
     labels: tuple[str, ...] | None
+    tracker_id: np.ndarray | None
 
     def __init__(self, xyxy: Any, confidence: Any, class_id: Any,
-                 labels: Sequence[str] | None = None) -> None:
+                 labels: Sequence[str] | None = None, tracker_id: Any = None) -> None:
         boxes = np.array(xyxy, dtype=np.float32)
         if boxes.size == 0 and boxes.ndim <= 1:
             boxes = boxes.reshape(0, 4)
@@ -115,6 +118,14 @@ class Detections:
         object.__setattr__(self, "confidence", _readonly(scores))
         object.__setattr__(self, "class_id", _readonly(ids))
         object.__setattr__(self, "labels", names)
+        tracks: np.ndarray | None = None
+        if tracker_id is not None:
+            tracks = np.array(tracker_id, dtype=np.int64).reshape(-1)
+            if tracks.shape != (n,):
+                raise ValueError(f"tracker_id must be [{n}] to match xyxy {boxes.shape}, got shape "
+                                 f"{tracks.shape}")
+            tracks = _readonly(tracks)
+        object.__setattr__(self, "tracker_id", tracks)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Detections is immutable (cannot set {name!r})")
@@ -130,7 +141,8 @@ class Detections:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Detections:
         """The inverse of :meth:`to_dict`."""
-        return cls(data["xyxy"], data["confidence"], data["class_id"], data.get("labels"))
+        return cls(data["xyxy"], data["confidence"], data["class_id"], data.get("labels"),
+                   data.get("tracker_id"))
 
     @classmethod
     def from_json_records(cls, records: Iterable[Mapping[str, Any]],
@@ -139,8 +151,11 @@ class Detections:
         records = list(records)
         if not records:
             return cls.empty(labels)
+        # Tracked records carry "tracker_id"; a mix of tracked and untracked ones is not tracked.
+        tracks = ([r["tracker_id"] for r in records]
+                  if all(r.get("tracker_id") is not None for r in records) else None)
         return cls([r["xyxy"] for r in records], [r["confidence"] for r in records],
-                   [r["class_id"] for r in records], labels)
+                   [r["class_id"] for r in records], labels, tracks)
 
     # -- container protocol ---------------------------------------------------------------------
 
@@ -169,14 +184,16 @@ class Detections:
             if index.size == 0:
                 index = index.astype(np.intp)
         return Detections(self.xyxy[index], self.confidence[index], self.class_id[index],
-                          self.labels)
+                          self.labels, None if self.tracker_id is None else self.tracker_id[index])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Detections):
             return NotImplemented
         return (self.labels == other.labels and np.array_equal(self.xyxy, other.xyxy)
                 and np.array_equal(self.confidence, other.confidence)
-                and np.array_equal(self.class_id, other.class_id))
+                and np.array_equal(self.class_id, other.class_id)
+                and (self.tracker_id is None) == (other.tracker_id is None)
+                and (self.tracker_id is None or np.array_equal(self.tracker_id, other.tracker_id)))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -185,6 +202,10 @@ class Detections:
                           for d in list(self)[:5])
         more = ", ..." if len(self) > 5 else ""
         return f"Detections({len(self)}: [{shown}{more}])"
+
+    def with_tracker_id(self, tracker_id: Any) -> Detections:
+        """The same detections with ``tracker_id`` set (``None``: without)."""
+        return Detections(self.xyxy, self.confidence, self.class_id, self.labels, tracker_id)
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -243,13 +264,14 @@ class Detections:
         thickness = max(1, int(thickness))
         font, font_scale, font_thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
         height, width = image.shape[:2]
-        for det, name in zip(self, self.class_names):
+        tracks = [None] * len(self) if self.tracker_id is None else self.tracker_id.tolist()
+        for det, name, track in zip(self, self.class_names, tracks):
             # Clamped to a margin around the image: OpenCV clips the rest, ints cannot overflow.
             x1, x2 = (int(round(min(max(v, -width), 2 * width))) for v in det.box[0::2])
             y1, y2 = (int(round(min(max(v, -height), 2 * height))) for v in det.box[1::2])
             color = class_color(det.class_id)
             cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
-            text = f"{name} {det.confidence:.2f}"
+            text = f"{name} {det.confidence:.2f}" if track is None else f"#{track} {name} {det.confidence:.2f}"
             (tw, th), baseline = cv2.getTextSize(text, font, font_scale, font_thickness)
             # Caption above the box, or inside it when the box touches the top edge.
             ty = y1 - 2 if y1 - th - baseline - 2 >= 0 else min(height - 1, y1 + th + baseline + 2)
@@ -276,25 +298,34 @@ class Detections:
         if self.labels is not None:
             data["class_name"] = np.asarray(self.class_names, dtype=str)
         return sv.Detections(xyxy=np.array(self.xyxy), confidence=np.array(self.confidence),
-                             class_id=np.array(self.class_id, dtype=int), data=data)
+                             class_id=np.array(self.class_id, dtype=int), data=data,
+                             tracker_id=None if self.tracker_id is None else np.array(self.tracker_id, dtype=int))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types (JSON-serializable): ``xyxy`` (list of 4-lists), ``confidence``,
-        ``class_id``, ``class_name`` (per detection) and ``labels`` (or None)."""
-        return {
+        ``class_id``, ``class_name`` (per detection), ``labels`` (or None) and, when tracked,
+        ``tracker_id``."""
+        data = {
             "xyxy": self.xyxy.tolist(),
             "confidence": self.confidence.tolist(),
             "class_id": self.class_id.tolist(),
             "class_name": self.class_names,
             "labels": list(self.labels) if self.labels is not None else None,
         }
+        if self.tracker_id is not None:
+            data["tracker_id"] = self.tracker_id.tolist()
+        return data
 
     def to_json_records(self) -> list[dict[str, Any]]:
-        """One plain dict per detection (``xyxy``, ``confidence``, ``class_id``, ``class_name``),
-        ready for ``json.dumps`` (e.g. one JSON line per frame)."""
-        return [{"xyxy": list(d.box), "confidence": d.confidence, "class_id": d.class_id,
-                 "class_name": name}
-                for d, name in zip(self, self.class_names)]
+        """One plain dict per detection (``xyxy``, ``confidence``, ``class_id``, ``class_name``,
+        and ``tracker_id`` when tracked), ready for ``json.dumps`` (e.g. one JSON line per frame)."""
+        records = [{"xyxy": list(d.box), "confidence": d.confidence, "class_id": d.class_id,
+                    "class_name": name}
+                   for d, name in zip(self, self.class_names)]
+        if self.tracker_id is not None:
+            for record, track in zip(records, self.tracker_id.tolist()):
+                record["tracker_id"] = track
+        return records
 
     def to_json(self) -> str:
         """:meth:`to_json_records` as one compact JSON line."""

@@ -207,3 +207,21 @@ def test_to_supervision_with_the_package(monkeypatch):
     assert sv.xyxy.flags.writeable  # supervision may modify its arrays
     assert list(sv.data["class_name"]) == det.class_names
     assert Detections.empty().to_supervision().data == {}
+
+
+def test_tracker_id_is_optional_kept_through_indexing_and_in_the_records():
+    det = sample()
+    assert det.tracker_id is None and "tracker_id" not in det.to_json_records()[0]
+    tracked = det.with_tracker_id(np.arange(len(det)) + 7)
+    assert tracked.tracker_id.dtype == np.int64 and not tracked.tracker_id.flags.writeable
+    assert tracked != det and tracked == det.with_tracker_id(np.arange(len(det)) + 7)
+    assert tracked[np.array([2, 0])].tracker_id.tolist() == [9, 7]
+    assert tracked.filter(min_confidence=0.0).tracker_id.tolist() == tracked.tracker_id.tolist()
+    records = tracked.to_json_records()
+    assert [r["tracker_id"] for r in records] == [7, 8, 9][:len(det)] + list(range(10, 7 + len(det)))
+    back = Detections.from_json_records(json.loads(json.dumps(records)), labels=LABELS)
+    assert back == tracked
+    assert Detections.from_dict(json.loads(json.dumps(tracked.to_dict()))) == tracked
+    assert (tracked.draw(np.zeros((300, 300, 3), np.uint8)) != 0).any()
+    with pytest.raises(ValueError, match="tracker_id"):
+        Detections(det.xyxy, det.confidence, det.class_id, LABELS, tracker_id=[1])
