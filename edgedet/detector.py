@@ -214,6 +214,7 @@ class Detector:
         width, height = frame_size
         if width <= 0 or height <= 0:
             raise ValueError(f"frame_size must be (width, height) in pixels, got {frame_size!r}")
+        self._last = threading.local()  # last_served, per calling thread
         self.budget_ms, self.percentile, self.threads, self.device = budget_ms, percentile, threads, device
         self.frame_size = (int(width), int(height))
         self._post = dict(score_threshold=score_threshold, iou_threshold=iou_threshold,
@@ -302,7 +303,15 @@ class Detector:
         detections = pipeline(validate_frame(frame))[0]
         latency_ms = (time.perf_counter() - started) * 1000.0
         self._observe(artifact, latency_ms)
-        return Served(detections, artifact, latency_ms)
+        served = Served(detections, artifact, latency_ms)
+        self._last.served = served
+        return served
+
+    @property
+    def last_served(self) -> Served | None:
+        """This thread's last completed call: what served it (for callers that go through a wrapper,
+        such as the camera loop's tracker, and so cannot call :meth:`serve` themselves)."""
+        return getattr(self._last, "served", None)
 
     def detect(self, frame: np.ndarray) -> Detections:
         """Same as calling the detector."""

@@ -100,6 +100,7 @@ def test_loop_records_video_and_json_lines(detector, clip, tmp_path, caplog, mon
     assert [r["source_frame"] for r in records] == list(range(25))
     assert all(r["width"] == WIDTH and r["height"] == HEIGHT and r["latency_ms"] > 0 for r in records)
     assert all(abs(r["timestamp"] - time.time()) < 600 for r in records)
+    assert {r["artifact"] for r in records} == {"lite0/onnxruntime-int8"}  # what served each frame
     # The records are the detector's on those very frames.
     source = decode_all(clip)
     for i in (0, 24):

@@ -59,8 +59,9 @@ def run_loop(detector: Callable[[np.ndarray], Detections], source: int | str | o
         video_out: a path (or :class:`VideoFileWriter`) for the annotated video.
         jsonl_out: a path (``"-"``: stdout) or :class:`JsonLinesWriter`; each line holds ``frame``
             (processed index), ``source_frame`` (capture index), ``timestamp`` (capture time,
-            Unix seconds), ``latency_ms`` (the detector's), ``width``, ``height`` and
-            ``detections`` (:meth:`Detections.to_json_records`).
+            Unix seconds), ``latency_ms`` (the detector's), ``artifact`` (the artifact that served
+            the frame, for an :class:`edgedet.Detector`: adaptive serving may change it), ``width``,
+            ``height`` and ``detections`` (:meth:`Detections.to_json_records`).
         stop_event: set it (from any thread) to end the loop after the current frame.
         drop_frames: keep only the newest frame (default: for live sources; files are processed
             frame by frame).
@@ -165,6 +166,9 @@ class _Loop:
             self._skip(item, exc)
             return ""
         latency_ms = (time.perf_counter() - t0) * 1000.0
+        # An adaptive Detector may change artifact between calls: record which one served this frame.
+        served = getattr(self.detector, "last_served", None)
+        artifact = served.artifact.name if served is not None else None
         if self.classes is not None:
             detections = detections.filter(classes=self.classes)
         done = time.monotonic()
@@ -174,7 +178,8 @@ class _Loop:
         if self.jsonl is not None:
             height, width = item.image.shape[:2]
             self.jsonl.write_frame(frame=index, source_frame=item.index, timestamp=item.timestamp,
-                                   latency_ms=latency_ms, size=(width, height), detections=detections)
+                                   latency_ms=latency_ms, size=(width, height), detections=detections,
+                                   artifact=artifact)
         reason = self._annotate(item.image, detections, latency_ms)
         if reason:
             return reason

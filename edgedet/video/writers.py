@@ -153,11 +153,14 @@ class JsonLinesWriter:
         self.lines += 1
 
     def write_frame(self, *, frame: int, source_frame: int, timestamp: float, latency_ms: float,
-                    size: tuple[int, int], detections: Detections) -> None:
-        """The record of one processed frame (see :func:`run_loop`)."""
-        self.write({"frame": frame, "source_frame": source_frame, "timestamp": round(timestamp, 6),
-                    "latency_ms": round(latency_ms, 3), "width": size[0], "height": size[1],
-                    "detections": detections.to_json_records()})
+                    size: tuple[int, int], detections: Detections, artifact: str | None = None) -> None:
+        """The record of one processed frame (see :func:`run_loop`); ``artifact`` when known."""
+        record = {"frame": frame, "source_frame": source_frame, "timestamp": round(timestamp, 6),
+                  "latency_ms": round(latency_ms, 3)}
+        if artifact is not None:
+            record["artifact"] = artifact
+        record.update({"width": size[0], "height": size[1], "detections": detections.to_json_records()})
+        self.write(record)
 
     def close(self) -> None:
         if self.closed:
