@@ -10,6 +10,9 @@ Python API::
 
 CLI: ``edgedet-convert --help`` (or ``python -m converters --help``).
 
+INT8 is made by one engine for every backend (:mod:`converters.int8`: full, or accuracy-aware
+against one :class:`~converters.accuracy.AccuracyTarget`); each exporter supplies only its recipe.
+
 torch and the exporters' packages are imported lazily, when an export needs them.
 """
 from converters.base import EXPORTERS, ArtifactIO, ConvertError, Exporter, get_exporter, register_exporter

@@ -7,7 +7,9 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from converters.accuracy import AccuracyTarget
 from converters.base import EXPORTERS, ConvertError
 from converters.pipeline import DEFAULT_CALIBRATION_COUNT, DEFAULT_VERIFY_IMAGES, INT8_MODES, convert
 from edgedet.config import VARIANTS
@@ -33,6 +35,10 @@ examples:
   # a checkpoint from edgedet-train: its class names and training size are used as they are
   edgedet-convert --variants lite0 --weights runs/lite0/best.pth --formats onnx,tflite \\
       --calibration data/train
+
+  # accuracy-aware INT8 (the default for trained weights) held to detection AP50 >= 0.97
+  edgedet-convert --variants d0 --formats onnx,openvino,tflite --precisions int8 \\
+      --accuracy-ap50 0.97 --calibration ~/frames/
 
   # fully quantized INT8 with uint8 input for an integer-only accelerator (TFLite)
   edgedet-convert --variants lite0 --formats tflite --precisions int8 --int8-mode full \\
@@ -93,10 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = parser.add_argument_group("quantization")
     q.add_argument("--int8-mode", choices=INT8_MODES,
-                   help="'full': every layer in INT8; 'accuracy-aware': the layers whose quantization "
-                        "hurts most stay float until the outputs agree with FP32 to a target "
-                        "(recorded in the manifest's float_layers). Default: full for --weights random, "
-                        "else each format's own (openvino, onnx: accuracy-aware; tflite: full)")
+                   help="'full': every layer in INT8; 'accuracy-aware': the units whose quantization "
+                        "hurts most stay float until the detections agree with FP32's to the target "
+                        "below (recorded in the manifest's float_layers). Default: full for --weights "
+                        "random, else accuracy-aware, on every format")
+    default = AccuracyTarget()
+    q.add_argument("--accuracy-ap50", type=float, metavar="X",
+                   help=f"accuracy-aware target: detection AP50 against PyTorch FP32's detections "
+                        f"(default: {default.detection_ap50:g})")
+    q.add_argument("--accuracy-cls-cosine", type=float, metavar="X",
+                   help=f"accuracy-aware floor on the class logits' cosine (default: {default.cls_cosine:g})")
+    q.add_argument("--accuracy-box-cosine", type=float, metavar="X",
+                   help=f"accuracy-aware floor on the box regressions' cosine (default: {default.box_cosine:g})")
+    q.add_argument("--accuracy-images", type=int, metavar="N",
+                   help=f"held-out calibration frames the target is measured on "
+                        f"(default: {default.validation_images})")
     q.add_argument("--tflite-input-dtype", choices=("float32", "int8", "uint8"),
                    help="input of TFLite INT8 models (default: float32, quantized inside the graph; "
                         "int8/uint8 for integer-only accelerators)")
@@ -120,6 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exporter_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The per-format exporter options the command line asks for (``convert(exporter_options=)``)."""
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    options: dict[str, dict[str, Any]] = {}
+    if args.tflite_input_dtype:
+        if "tflite" not in formats:
+            parser.error("--tflite-input-dtype needs tflite in --formats")
+        options["tflite"] = {"input_dtype": args.tflite_input_dtype}
+    given = {field: value for field, value in (
+        ("detection_ap50", args.accuracy_ap50), ("cls_cosine", args.accuracy_cls_cosine),
+        ("box_cosine", args.accuracy_box_cosine), ("validation_images", args.accuracy_images)) if value is not None}
+    if given:
+        if args.int8_mode == "full":
+            parser.error("the --accuracy-* options set the accuracy-aware target; they do not go with "
+                         "--int8-mode full")
+        try:
+            target = AccuracyTarget(**given)
+        except ValueError as exc:
+            parser.error(str(exc))
+        for name in formats:
+            if name in EXPORTERS and "int8" in EXPORTERS[name].precisions:
+                options.setdefault(name, {})["accuracy_target"] = target
+    return options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 some artifact failed, 2 bad request)."""
     parser = build_parser()
@@ -138,11 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       if line.strip()]
         except OSError as exc:
             parser.error(f"cannot read --labels {args.labels}: {exc}")
-    options = {}
-    if args.tflite_input_dtype:
-        if "tflite" not in [f.strip() for f in args.formats.split(",")]:
-            parser.error("--tflite-input-dtype needs tflite in --formats")
-        options["tflite"] = {"input_dtype": args.tflite_input_dtype}
+    options = _exporter_options(parser, args)
     try:
         report = convert(
             args.variants, args.formats, args.precisions, args.weights, args.out,

@@ -16,61 +16,41 @@
   preprocessed by :func:`edgedet.preprocess.preprocess`. Float input/output. Calibration runs
   once: ``quantize_static`` writes the tensor ranges to a calibration cache
   (``calibration_cache_path``) that every later quantization of the same graph reads, so all
-  candidates below share the same ranges and only the quantization itself (2-6 s for D0) is
-  repeated.
+  candidates share the same ranges and only the quantization itself (2-6 s for D0) is repeated.
 
   **Accuracy-aware** (default; ``accuracy_aware=False`` or ``--int8-mode full`` keeps every layer
-  INT8): if the fully quantized outputs do not agree with FP32 to the
-  :class:`~converters.accuracy.AccuracyTarget` cosines (with its headroom) on validation frames,
-  the calibration source's next frames, used neither by calibration nor by the parity check
-  (:func:`converters.accuracy.validation_frames`), then
-
-  1. the activation quantizers (QuantizeLinear/DequantizeLinear pairs) are ranked by the rounding
-     noise each adds relative to its signal, ``|DQ(Q(x)) - x|^2 / |x|^2``, summed over the
-     ranking frames. The reductions are added to the quantized graph, so one run per frame
-     measures every quantizer without copying intermediate tensors out (D0 has 1.2 GB of them
-     per frame, which ``qdq_loss_debug.collect_activations`` would hold in memory);
-  2. the graph is quantized again with ``nodes_to_exclude`` = the nodes that ask for the
-     top-ranked quantizers (a tensor's producer and consumers: onnxruntime puts a tensor through
-     Q/DQ for every consumer as soon as one of them asks), and agreement is measured on the
-     validation frames with onnxruntime as deployed (int8 kernels). The number of top-ranked
-     quantizers is found by doubling, then bisection to within 12.5%
-     (:func:`converters.accuracy.smallest_passing`): a dozen quantizations at most for D0;
-  3. if even every activation quantizer left out misses the target, the fully quantized model is
-     kept (with a warning): the weights alone are then the problem.
-
-  The nodes left in float are recorded in the model (``metadata_props``, key
-  ``edgedet.float_layers``, with the search's figures under ``edgedet.accuracy_aware``) and
-  listed in the manifest's ``float_layers``. Measured on realistic-random D0 (figures in
-  ``tests/test_convert_onnx.py``) the error is spread thinly: bypassing the single most harmful of
-  its 628 activation quantizers removes 9% of the shortfall, and a leave-one-out ranking (5
-  minutes on two cores) needed about as many nodes in float for the same agreement as the
-  rounding-noise ranking, which costs one run. That ranking does not see how much the rest of the
-  network amplifies a quantizer's noise (D0's stem output, the most harmful single quantizer,
-  ranks 97th). Random D0 against cls >= 0.999, box >= 0.998 (the default box target was 0.998
-  then; it is 0.97 now): 11 quantizations, about a minute, 190 of 565 compute nodes left in float
-  (7.6 MB instead of 4.9 MB). The trained D0 against the default target: 4 quantizations, 33 s,
-  7 nodes in float.
+  INT8) by :mod:`converters.int8`. This module's recipe (:class:`_OnnxRecipe`): the units are the
+  activation quantizers (QuantizeLinear/DequantizeLinear pairs), ranked by the rounding noise each
+  adds relative to its signal, ``|DQ(Q(x)) - x|^2 / |x|^2`` on the ranking frames (the reductions
+  are added to the quantized graph, so one run per frame measures every quantizer without copying
+  D0's 1.2 GB of intermediate tensors out); a unit is left in float with ``nodes_to_exclude`` = the
+  nodes that ask for its quantizer (a tensor's producer and consumers: onnxruntime puts a tensor
+  through Q/DQ for every consumer as soon as one of them asks). The search's report is recorded in
+  the model (``metadata_props``: ``edgedet.float_layers``, ``edgedet.accuracy_aware``) and the
+  nodes left in float are listed in the manifest's ``float_layers``. Measured on realistic-random
+  D0 the error is spread thinly: bypassing the single most harmful of its 628 activation
+  quantizers removes 9% of the shortfall, and a leave-one-out ranking (5 minutes on two cores)
+  needed about as many nodes in float for the same agreement as the rounding-noise ranking, which
+  costs one run. The trained D0 against the (then cosine-only) default target: 4 quantizations,
+  33 s, 7 nodes in float.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
-import math
 import tempfile
-import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converters.accuracy import AccuracyTarget, cosine, smallest_passing, validation_frames
+from converters import int8
+from converters.accuracy import AccuracyTarget, Agreement, Outputs
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
+from converters.fp32_cache import Fp32Cache
+from converters.quiet import quiet
 from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec
 
 if TYPE_CHECKING:
@@ -79,8 +59,7 @@ if TYPE_CHECKING:
     from converters.calibration import Calibration
     from edgedet.config import ModelConfig
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OPSET", "AccuracyTarget", "Int8Result", "OnnxExporter",
-           "export_fp32", "forget_fp32", "fp32_key", "quantize_int8", "quiet", "recorded"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OPSET", "OnnxExporter", "export_fp32", "forget_fp32", "recorded"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +70,6 @@ MODEL_FILE = "model.onnx"
 #: ``metadata_props`` keys where an accuracy-aware INT8 model records what the search did.
 FLOAT_LAYERS_KEY = "edgedet.float_layers"
 REPORT_KEY = "edgedet.accuracy_aware"
-#: Bisection stops when the float set is known to within this fraction (fewer quantizations).
-SEARCH_TOLERANCE = 0.125
 
 # onnx TensorProto element types -> manifest dtypes
 _DTYPES = {1: "float32", 10: "float16", 2: "uint8", 3: "int8"}
@@ -110,8 +87,8 @@ class OnnxExporter(Exporter):
         threads: onnxruntime intra-op threads for the parity check and the accuracy-aware search
             (default: onnxruntime's choice).
         accuracy_aware: leave the nodes whose quantization hurts most in float until INT8 reaches
-            ``accuracy_target`` (default; see the module doc); ``False`` makes a fully quantized
-            INT8 model.
+            ``accuracy_target`` (default; see :mod:`converters.int8`); ``False`` makes a fully
+            quantized INT8 model.
         accuracy_target: the agreement accuracy-aware INT8 must reach; ``None`` = fully quantized.
     """
 
@@ -120,24 +97,18 @@ class OnnxExporter(Exporter):
     precisions = ("fp32", "fp16", "int8")
     requires = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim",
                 "onnxruntime": "onnxruntime"}
-    revision = 2  # 2: INT8 quantizes the squeeze-excite pools (GlobalAveragePool)
+    revision = 3  # 3: detection-level accuracy target, one INT8 report format (converters.int8)
 
     def __init__(self, *, threads: int | None = None, accuracy_aware: bool = True,
                  accuracy_target: AccuracyTarget | None = AccuracyTarget()) -> None:
         self.threads = threads
         self.accuracy_target = accuracy_target if accuracy_aware else None
-        #: What the last INT8 export found (float nodes, search figures; the model itself is not
-        #: kept), for logs and tests.
-        self.last_int8: Int8Result | None = None
+        #: What the last accuracy-aware INT8 export did, for logs and tests.
+        self.last_int8: int8.Int8Report | None = None
 
     def options(self, precision: str) -> dict[str, str]:
         """For INT8: full or accuracy-aware, and the target (FP32 and FP16 have no options)."""
-        if precision != "int8":
-            return {}
-        target = self.accuracy_target
-        if target is None:
-            return {"int8_mode": "full"}
-        return {"int8_mode": "accuracy-aware", "accuracy_target": target.describe()}
+        return int8.int8_options(self.accuracy_target) if precision == "int8" else {}
 
     # ------------------------------------------------------------------------------ export
 
@@ -154,31 +125,15 @@ class OnnxExporter(Exporter):
             _save(_to_fp16(fp32), path)
         else:
             _spatial_means_to_global_pools(fp32)  # INT8 only: see there
-            result = self._int8(fp32, config, calibration)
+            with tempfile.TemporaryDirectory(prefix="edgedet-onnx-int8-") as tmp:
+                recipe = _OnnxRecipe(fp32, config, calibration, Path(tmp), self.threads)
+                result = int8.quantize(recipe, self.accuracy_target, model, calibration)
+            self.last_int8 = result.report
             if result.report:  # accuracy-aware: what it left in float, and why
-                _record(result.model, result)
+                _record(result.model, result.report)
             _save(result.model, path)
             onnx.checker.check_model(str(path), full_check=True)
         return [path]
-
-    def _int8(self, fp32: onnx.ModelProto, config: ModelConfig, calibration: Calibration) -> Int8Result:
-        size = _input_size(fp32)
-        norm = config.normalization
-
-        def batches() -> Iterator[np.ndarray]:
-            return calibration.batches(size, norm.mean, norm.std, layout="NCHW", dtype=np.float32)
-
-        target = self.accuracy_target
-        validation: list[np.ndarray] = []
-        if target is not None:
-            from edgedet.preprocess import preprocess
-
-            validation = [preprocess(f, size, norm.mean, norm.std, layout="NCHW", dtype=np.float32)[0]
-                          for f in validation_frames(calibration, target.validation_images)]
-        result = quantize_int8(fp32, batches, target=target, validation=validation, threads=self.threads,
-                               source=calibration.source.description)
-        self.last_int8 = replace(result, model=None)
-        return result
 
     def release(self) -> None:
         forget_fp32()
@@ -224,41 +179,34 @@ class OnnxExporter(Exporter):
         return run
 
 
-# ---------------------------------------------------------------------------------- internals
+# ---------------------------------------------------------------------------------- FP32
 
-
-#: The last FP32 graph :func:`export_fp32` made: its key, a weak reference to the model, the bytes.
-_LAST_FP32: dict[str, Any] = {}
-
-
-def fp32_key(model: Any, config: ModelConfig) -> tuple:
-    """What the FP32 graph of ``model`` depends on, for caches of it: the object, the variant, the
-    input size, and the tensors' version counters (they grow with every in-place change, so
-    changed weights miss)."""
-    versions = sum(t._version for t in (*model.parameters(), *model.buffers()))
-    return id(model), config.name, getattr(model, "image_size", config.image_size), versions
+#: The FP32 graph of the last model (serialized), shared by the ONNX and OpenVINO exporters.
+_FP32: Fp32Cache[bytes] = Fp32Cache(size=1)
 
 
 def forget_fp32() -> None:
     """Drop the memoized FP32 graph (the exporters call this when a convert() run ends)."""
-    _LAST_FP32.clear()
+    _FP32.clear()
 
 
 def export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
     """The simplified, checked FP32 ONNX graph of ``model`` (also the OpenVINO exporter's source).
 
-    The last graph is memoized for the same, unchanged model object and returned as a fresh copy,
-    so the ONNX and OpenVINO exporters of one run trace each model once (8-16 s per variant)."""
-    import weakref
+    The last graph is memoized by weights (:class:`converters.fp32_cache.Fp32Cache`) and returned
+    as a fresh copy, so the ONNX and OpenVINO exporters of one run trace each model once (8-16 s
+    per variant)."""
+    import onnx
 
+    return onnx.load_from_string(_FP32.get(model, config, lambda: _trace(model, config).SerializeToString()))
+
+
+def _trace(model: Any, config: ModelConfig) -> onnx.ModelProto:
     import onnx
     import onnxslim
     import torch
 
     size = getattr(model, "image_size", config.image_size)
-    key = fp32_key(model, config)
-    if _LAST_FP32.get("key") == key and _LAST_FP32["model"]() is model:
-        return onnx.load_from_string(_LAST_FP32["graph"])
     dummy = torch.zeros(1, 3, size, size)
     # The dynamo exporter narrates every step on stdout and warns about internals; keep both out
     # of the CLI's output (errors still raise).
@@ -273,7 +221,6 @@ def export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
         raise ConvertError("onnxslim returned no model")
     slim.producer_name = "edgedet-convert"
     onnx.checker.check_model(slim, full_check=True)
-    _LAST_FP32.update(key=key, model=weakref.ref(model), graph=slim.SerializeToString())
     return slim
 
 
@@ -354,88 +301,39 @@ def _topological_sort(graph: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------- INT8
+# ---------------------------------------------------------------------------------- INT8
 
 
-@dataclass
-class Int8Result:
-    """What :func:`quantize_int8` made."""
+class _OnnxRecipe:
+    """The onnxruntime recipe of :mod:`converters.int8`: ``quantize_static`` with
+    ``nodes_to_exclude``, units = activation quantizers ranked by rounding noise, candidates run by
+    onnxruntime as deployed (the int8 kernels of a QDQ model)."""
 
-    model: Any  # onnx.ModelProto
-    #: Compute nodes the accuracy-aware search left in float (names of the FP32 graph's nodes).
-    float_layers: tuple[str, ...] = ()
-    #: Figures of the accuracy-aware search (empty when it did not run), for logs and tests.
-    report: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, fp32: onnx.ModelProto, config: ModelConfig, calibration: Calibration, workdir: Path,
+                 threads: int | None) -> None:
+        self.fp32, self.threads = fp32, threads
+        self.quantizer = _Quantizer(fp32, workdir)
+        size, norm = _input_size(fp32), config.normalization
+        self._batches = lambda: calibration.batches(size, norm.mean, norm.std, layout="NCHW", dtype=np.float32)
+        self._source = calibration.source.description
 
+    def quantize(self, float_members: Sequence[str]) -> onnx.ModelProto:
+        if not self.quantizer.cache.is_file():
+            return self.quantizer.calibrate(self._batches, self._source, float_members)
+        return self.quantizer.quantize(float_members)
 
-def quantize_int8(fp32: onnx.ModelProto, calibration: Callable[[], Iterator[np.ndarray]], *,
-                  target: AccuracyTarget | None = None, validation: Sequence[np.ndarray] = (),
-                  threads: int | None = None, source: str = "the calibration source") -> Int8Result:
-    """Quantize ``fp32`` (QDQ, per-channel int8 weights, uint8 activations, MinMax), calibrated
-    on the batches ``calibration()`` yields ([1,3,R,R] float32, preprocessed). With a ``target``
-    and ``validation`` batches, leave the nodes whose quantization hurts most in float until the
-    outputs agree with FP32 to the target on them (see the module doc). ``fp32`` is not modified;
-    ``source`` names the calibration data in errors."""
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgedet-onnx-int8-") as tmp:
-        quantizer = _Quantizer(fp32, Path(tmp))
-        full = quantizer.calibrate(calibration, source)
-        if target is None or not validation:
-            return Int8Result(full)
+    def run(self, candidate: onnx.ModelProto, batches: Sequence[np.ndarray]) -> list[Outputs]:
+        session = _session(candidate, self.threads)
+        return [tuple(session.run(list(OUTPUT_NAMES), {INPUT_NAME: b})) for b in batches]  # type: ignore[misc]
 
-        agreement = _Agreement(fp32, target, validation, threads)
-        goal = target.headroom
-        full_cls, full_box = agreement.cosines(full)
-        report: dict[str, Any] = {"full_cls_cosine": _r(full_cls), "full_box_cosine": _r(full_box),
-                                  "full_shortfall": _r(target.shortfall(full_cls, full_box))}
-        if report["full_shortfall"] <= goal:
-            report["seconds"] = _r(time.perf_counter() - started)
-            logger.info("INT8 meets the accuracy target fully quantized (error %.2f of the allowed, "
-                        "aiming at <= %.2f)", report["full_shortfall"], goal)
-            return Int8Result(full, (), report)
-
-        ranking_from = time.perf_counter()
-        ranking = _rank_quantizers(full, validation[:target.ranking_images], threads)
-        ranked_at = time.perf_counter()
-        known = {node.name: node.op_type for node in fp32.graph.node}
-        tried: dict[int, tuple[float, float, float, Any, tuple[str, ...]]] = {}
-
-        def excluded(n: int) -> tuple[str, ...]:
-            return tuple(dict.fromkeys(name for q in ranking[:n] for name in q.nodes if name in known))
-
-        def shortfall_at(n: int) -> float:
-            nodes = excluded(n)
-            model = quantizer.quantize(nodes)
-            cls, box = agreement.cosines(model)
-            shortfall = target.shortfall(cls, box)
-            logger.info("INT8 with %d of %d activation quantizers left out (%d nodes in float): "
-                        "cls cosine %.6f, box cosine %.6f, shortfall %.3f", n, len(ranking), len(nodes), cls,
-                        box, shortfall)
-            # Keep the models that meet the goal (the smallest is the answer), not the others.
-            tried[n] = (shortfall, cls, box, model if shortfall <= goal else None, nodes)
-            return shortfall
-
-        count, shortfall = smallest_passing(shortfall_at, len(ranking), goal, tolerance=SEARCH_TOLERANCE) \
-            if ranking else (None, report["full_shortfall"])
-        report.update(quantizers=len(ranking), quantizations=len(tried),
-                      ranking_seconds=_r(ranked_at - ranking_from),
-                      search_seconds=_r(time.perf_counter() - ranked_at))
-        if count is None:
-            logger.warning("INT8 accuracy target %s is out of reach even with every activation quantizer "
-                           "left out (shortfall %.3f); keeping the fully quantized model", target.describe(),
-                           shortfall)
-            report.update(unreachable=True, all_left_out_shortfall=_r(shortfall),
-                          seconds=_r(time.perf_counter() - started))
-            return Int8Result(full, (), report)
-
-        shortfall, cls, box, model, nodes = tried[count]
-        float_layers = tuple(name for name in nodes if known[name] not in _DATA_MOVEMENT)
-        report.update(left_out_quantizers=count, float_layers=len(float_layers), shortfall=_r(shortfall),
-                      cls_cosine=_r(cls), box_cosine=_r(box), seconds=_r(time.perf_counter() - started))
-        logger.info("INT8 accuracy-aware: %d of %d compute nodes left in float, shortfall %.3f -> %.3f "
-                    "(%d quantizations, %.1f s)", len(float_layers),
-                    sum(op not in _DATA_MOVEMENT for op in known.values()), report["full_shortfall"],
-                    shortfall, len(tried), report["seconds"])
-        return Int8Result(model, float_layers, report)
+    def rank(self, full: onnx.ModelProto, agreement: Agreement, trial: int8.Trial) -> int8.Ranking:
+        known = {node.name for node in self.fp32.graph.node}
+        units = []
+        for q in _rank_quantizers(full, agreement.ranking_batches, self.threads):
+            nodes = tuple(n for n in q.nodes if n in known)
+            if nodes:
+                units.append(int8.Unit(q.tensor, nodes))
+        return int8.Ranking(tuple(units))
 
 
 class _Quantizer:
@@ -448,10 +346,11 @@ class _Quantizer:
         self.output = workdir / "int8.onnx"
         _save(fp32, self.source)
 
-    def calibrate(self, batches: Callable[[], Iterator[np.ndarray]], source: str) -> onnx.ModelProto:
-        """Calibrate (MinMax) and return the fully quantized model."""
+    def calibrate(self, batches: Callable[[], Iterator[np.ndarray]], source: str,
+                  exclude: Sequence[str] = ()) -> onnx.ModelProto:
+        """Calibrate (MinMax) and return the model with the nodes ``exclude`` left in float."""
         reader = _reader(batches)
-        model = self._quantize(reader, ())
+        model = self._quantize(reader, exclude)
         if reader.count == 0:
             raise ConvertError(f"calibration source {source} yielded no frames")
         return model
@@ -497,25 +396,6 @@ def _reader(batches: Callable[[], Iterator[np.ndarray]]) -> Any:
             self._it = batches()
 
     return Reader()
-
-
-class _Agreement:
-    """Cosines of a model's outputs against FP32 on the validation batches, both run by
-    onnxruntime as deployed (the int8 kernels for a QDQ model)."""
-
-    def __init__(self, fp32: onnx.ModelProto, target: AccuracyTarget, validation: Sequence[np.ndarray],
-                 threads: int | None) -> None:
-        self.target, self.validation, self.threads = target, list(validation), threads
-        self.references = self._outputs(fp32)
-
-    def cosines(self, model: onnx.ModelProto) -> tuple[float, float]:
-        outputs = self._outputs(model)
-        return (cosine([r[0] for r in self.references], [o[0] for o in outputs]),
-                cosine([r[1] for r in self.references], [o[1] for o in outputs]))
-
-    def _outputs(self, model: onnx.ModelProto) -> list[list[np.ndarray]]:
-        session = _session(model, self.threads)
-        return [session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch}) for batch in self.validation]
 
 
 @dataclass(frozen=True)
@@ -597,12 +477,13 @@ def _session(model: onnx.ModelProto, threads: int | None) -> Any:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _record(model: onnx.ModelProto, result: Int8Result) -> None:
-    """Store the accuracy-aware search's float nodes and figures (without timings: the same
+def _record(model: onnx.ModelProto, report: int8.Int8Report) -> None:
+    """Store the accuracy-aware search's float compute nodes and report (without timings: the same
     inputs give the same file) in ``model.metadata_props``."""
-    figures = {k: v for k, v in result.report.items() if not k.endswith("seconds")}
-    entries = {FLOAT_LAYERS_KEY: json.dumps(list(result.float_layers)),
-               REPORT_KEY: json.dumps(figures, sort_keys=True)}
+    ops = {node.name: node.op_type for node in model.graph.node}
+    layers = [name for name in report.float_layers if ops.get(name) not in _DATA_MOVEMENT]
+    entries = {FLOAT_LAYERS_KEY: json.dumps(layers),
+               REPORT_KEY: json.dumps(report.record(), sort_keys=True)}
     kept = [p for p in model.metadata_props if p.key not in entries]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -619,12 +500,10 @@ def recorded(model: onnx.ModelProto) -> tuple[tuple[str, ...], dict[str, Any] | 
     return layers, report
 
 
+
 def _input_size(fp32: onnx.ModelProto) -> int:
     return fp32.graph.input[0].type.tensor_type.shape.dim[2].dim_value
 
-
-def _r(value: float) -> float:
-    return float(f"{value:.6g}") if math.isfinite(value) else -1.0
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
@@ -680,14 +559,3 @@ def _float_layers(model: onnx.ModelProto, precision: str) -> tuple[str, ...]:
     return tuple(left)
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence stdout chatter, warnings and INFO/WARNING logging of the exporters for the duration."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)

@@ -14,20 +14,19 @@ float32 at every precision.
 * **int8**: ``nncf.quantize`` (preset MIXED: symmetric per-channel int8 weights, asymmetric
   activations, fast bias correction; ``model_type`` left unset, that is a CNN) calibrated on frames
   preprocessed by :func:`edgedet.preprocess.preprocess`. MIXED beat PERFORMANCE on both variants
-  (see ``tests/test_convert_openvino.py`` for the figures). Then, by default, **accuracy-aware**
-  (:class:`AccuracyTarget`): if the outputs do not agree with FP32 to the target cosines (with
-  10% headroom) on frames held out from both calibration and the parity check, the activation
-  quantizers are ranked by how much the shortfall shrinks when each one is bypassed (coarse to
-  fine: blocks of consecutive quantizers first, then the quantizers of the blocks needed), on a
+  (see ``tests/test_convert_openvino.py`` for the figures). By default **accuracy-aware**, by
+  :mod:`converters.int8`. This module's recipe (:class:`_OpenVinoRecipe`): the units are the
+  activation quantizers (FakeQuantize), left in float with
+  ``nncf.quantize(..., ignored_scope=nncf.IgnoredScope(names=...))`` over the layers they feed.
+  They are ranked coarse to fine by how much the shortfall shrinks when each is bypassed, on a
   "switchable" copy of the quantized model compiled once (a boolean input per quantizer selects
-  its output or its input, so ranking needs no recompilation); the fewest top-ranked quantizers
-  that meet the target are found (doubling, then bisection), and the model is quantized again
-  with ``nncf.quantize(..., ignored_scope=nncf.IgnoredScope(names=...))`` over the layers they
-  feed, then confirmed on the real compiled model (more are left out if the emulation was
-  optimistic). The layers left in float are stored in the IR (``rt_info``) and listed in the
-  manifest's ``float_layers``. NNCF's ``quantize_with_accuracy_control`` ranks the same way but
-  recompiles the model for every quantizer group (2-4 s each here, 200-330 groups): tens of
-  minutes for D0 on two cores, hence the switchable model.
+  its output or its input, so ranking needs no recompilation): blocks of consecutive quantizers
+  first, then the quantizers of the blocks needed; the emulation also tells the search from how
+  many units to start. The layers left in float and the report are stored in the IR
+  (``rt_info``) and listed in the manifest's ``float_layers``. NNCF's
+  ``quantize_with_accuracy_control`` ranks the same way but recompiles the model for every
+  quantizer group (2-4 s each here, 200-330 groups): tens of minutes for D0 on two cores, hence
+  the switchable model.
 
 Verification runs the runtime's own :class:`edgedet.backends.openvino.OpenVinoBackend` at the
 CPU inference precision of :data:`OpenVinoExporter.verify_precisions`: every precision with
@@ -41,32 +40,35 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converters.accuracy import AccuracyTarget, cosine, validation_frames
+from converters import int8
+from converters.accuracy import AccuracyTarget, Agreement, Outputs
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
-from converters.onnx_exporter import INPUT_NAME, OUTPUT_NAMES, export_fp32, forget_fp32, fp32_key, quiet
+from converters.fp32_cache import Fp32Cache
+from converters.onnx_exporter import INPUT_NAME, OUTPUT_NAMES, export_fp32, forget_fp32
+from converters.quiet import quiet
 from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec
 
 if TYPE_CHECKING:
     from converters.calibration import Calibration
     from edgedet.config import ModelConfig
 
-__all__ = ["AccuracyTarget", "Int8Result", "OpenVinoExporter", "OpenVinoIO", "quantize_int8"]
+__all__ = ["OpenVinoExporter", "OpenVinoIO"]
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.xml"
 #: Where the exporter stores what it did inside the IR (``model.get_rt_info([RT_KEY, ...])``).
 RT_KEY = "edgedet"
+#: The ranking's first, coarse pass cuts the quantizers into this many consecutive blocks.
+RANKING_BLOCKS = 16
 
 _DTYPES = {"f32": "float32", "f16": "float16", "u8": "uint8", "i8": "int8"}
 #: Ops that carry weights: what "a layer" means in ``float_layers``.
@@ -79,7 +81,7 @@ _AGNOSTIC = {"Pad", "MaxPool", "Interpolate", "Reshape", "Transpose", "Concat", 
              "Split", "VariadicSplit", "StridedSlice", "Slice", "Gather", "Convert", "Broadcast"}
 
 
-# ------------------------------------------------------------------------------------ options
+# ------------------------------------------------------------------------------------ exporter
 
 
 @dataclass(frozen=True)
@@ -90,19 +92,6 @@ class OpenVinoIO(ArtifactIO):
     inference_precision: str | None = "f32"
 
 
-@dataclass
-class Int8Result:
-    """What :func:`quantize_int8` made."""
-
-    model: Any  # ov.Model
-    float_layers: tuple[str, ...] = ()
-    #: Figures of the accuracy-aware search (empty when it did not run), for logs and tests.
-    report: dict[str, Any] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------ exporter
-
-
 @register_exporter
 class OpenVinoExporter(Exporter):
     """OpenVINO IR for the CPU plug-in, NCHW float32 I/O at every precision.
@@ -110,8 +99,8 @@ class OpenVinoExporter(Exporter):
     Args:
         threads: inference threads for the parity check (default: the plug-in's choice).
         accuracy_aware: leave the layers whose quantization hurts most in float until INT8 reaches
-            ``accuracy_target`` (default; see the module doc); ``False`` makes a fully quantized
-            INT8 model.
+            ``accuracy_target`` (default; see :mod:`converters.int8`); ``False`` makes a fully
+            quantized INT8 model.
         accuracy_target: the agreement accuracy-aware INT8 must reach; ``None`` = fully quantized.
         preset: NNCF quantization preset, ``"mixed"`` (default) or ``"performance"``.
     """
@@ -121,7 +110,7 @@ class OpenVinoExporter(Exporter):
     precisions = ("fp32", "fp16", "int8")
     requires = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim",
                 "openvino": "openvino", "nncf": "nncf"}
-    revision = 1
+    revision = 2  # 2: detection-level accuracy target, one INT8 report format (converters.int8)
     #: ``INFERENCE_PRECISION_HINT`` each precision is verified with; ``None`` = the plug-in's default.
     verify_precisions: dict[str, str | None] = {"fp32": "f32", "fp16": "f32", "int8": "f32"}
 
@@ -133,18 +122,16 @@ class OpenVinoExporter(Exporter):
         self.threads = threads
         self.accuracy_target = accuracy_target if accuracy_aware else None
         self.preset = preset
-        self._cache_key: tuple | None = None
-        self._cache: Any = None  # the FP32 ov.Model
+        self._fp32: Fp32Cache[Any] = Fp32Cache(size=1)  # ov.Model
+        #: What the last accuracy-aware INT8 export did, for logs and tests.
+        self.last_int8: int8.Int8Report | None = None
 
     def options(self, precision: str) -> dict[str, str]:
         """The CPU inference precision the artifact is verified (and served) at, and for INT8 the
-        NNCF recipe: preset and full or accuracy-aware with its target."""
+        NNCF preset and full or accuracy-aware with its target."""
         opts = {"inference_precision": self.verify_precisions[precision] or _plugin_default_precision()}
         if precision == "int8":
-            target = self.accuracy_target
-            opts.update(preset=self.preset, int8_mode="accuracy-aware" if target else "full")
-            if target:
-                opts["accuracy_target"] = target.describe()
+            opts.update(preset=self.preset, **int8.int8_options(self.accuracy_target))
         return opts
 
     # ------------------------------------------------------------------------------ export
@@ -154,50 +141,27 @@ class OpenVinoExporter(Exporter):
         import openvino as ov
 
         self.check_request(precision, calibration)
-        fp32 = self._fp32_model(model, config)
+        fp32 = self._fp32.get(model, config, lambda: _convert(model, config))
         path = Path(out_dir) / MODEL_FILE
         if precision == "fp32":
             out, compress = fp32.clone(), False
         elif precision == "fp16":
             out, compress = fp32.clone(), True
         else:
-            size = config.image_size
-            norm = config.normalization
-            batches = _Batches(calibration, size, norm.mean, norm.std)
-            validation = None
-            if self.accuracy_target is not None:
-                frames = validation_frames(calibration, self.accuracy_target.validation_images)
-                validation = [_preprocess(f, size, norm.mean, norm.std) for f in frames]
-            result = quantize_int8(fp32, batches, preset=self.preset, target=self.accuracy_target,
-                                   validation=validation,
-                                   inference_precision=self.verify_precisions["int8"])
+            recipe = _OpenVinoRecipe(fp32, _Batches(calibration, config), self.preset,
+                                     self.verify_precisions["int8"])
+            result = int8.quantize(recipe, self.accuracy_target, model, calibration)
+            self.last_int8 = result.report
             out, compress = result.model, False  # float layers stay float32 in the file
             out.set_rt_info(json.dumps(list(result.float_layers)), [RT_KEY, "float_layers"])
             if result.report:  # without timings: the same inputs give the same files
-                figures = {k: v for k, v in result.report.items() if not k.endswith("seconds")}
-                out.set_rt_info(json.dumps(figures, sort_keys=True), [RT_KEY, "accuracy_aware"])
+                out.set_rt_info(json.dumps(result.report.record(), sort_keys=True), [RT_KEY, "accuracy_aware"])
         out.set_rt_info(precision, [RT_KEY, "precision"])
         ov.save_model(out, str(path), compress_to_fp16=compress)
         return [path, path.with_suffix(".bin")]
 
-    def _fp32_model(self, model: Any, config: ModelConfig) -> Any:
-        """The FP32 ov.Model, converted from the FP32 ONNX graph; cached for the other precisions."""
-        import openvino as ov
-
-        key = fp32_key(model, config)
-        if self._cache_key != key or self._cache is None:
-            proto = export_fp32(model, config)
-            with tempfile.TemporaryDirectory(prefix="edgedet-ov-") as tmp:
-                onnx_path = Path(tmp) / "model.onnx"
-                onnx_path.write_bytes(proto.SerializeToString())
-                with quiet():
-                    converted = ov.convert_model(str(onnx_path))
-            _name_layers_after_weights(converted, proto)
-            self._cache, self._cache_key = converted, key
-        return self._cache
-
     def release(self) -> None:
-        self._cache_key, self._cache = None, None
+        self._fp32.clear()
         forget_fp32()
 
     # ------------------------------------------------------------------------------ inspect / run
@@ -248,62 +212,75 @@ class OpenVinoExporter(Exporter):
         return run
 
 
+def _convert(model: Any, config: ModelConfig) -> Any:
+    """The FP32 ov.Model, converted from the FP32 ONNX graph, layers named after their weights."""
+    import openvino as ov
+
+    proto = export_fp32(model, config)
+    with tempfile.TemporaryDirectory(prefix="edgedet-ov-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        onnx_path.write_bytes(proto.SerializeToString())
+        with quiet():
+            converted = ov.convert_model(str(onnx_path))
+    _name_layers_after_weights(converted, proto)
+    return converted
+
+
 # ---------------------------------------------------------------------------------- INT8
 
 
-def quantize_int8(fp32: Any, calibration: Iterable[np.ndarray], *, preset: str = "mixed",
-                  target: AccuracyTarget | None = None, validation: Sequence[np.ndarray] | None = None,
-                  inference_precision: str | None = None) -> Int8Result:
-    """Quantize the FP32 ov.Model ``fp32`` with NNCF, calibrated on the preprocessed batches
-    ``calibration`` (re-iterable). With a ``target`` and ``validation`` batches, leave the layers
-    whose quantization hurts most in float until the outputs agree with FP32 to the target when run
-    at ``inference_precision`` (see the module doc). ``fp32`` is not modified."""
-    started = time.perf_counter()
-    full = _nncf_quantize(fp32, calibration, preset)
-    if target is None or not validation:
-        return Int8Result(full)
-    search = _AccuracySearch(fp32, target, list(validation), inference_precision)
-    goal = target.headroom
-    report: dict[str, Any] = {"full_shortfall": _r(search.shortfall_of(full))}
-    if report["full_shortfall"] <= goal:
-        report["seconds"] = _r(time.perf_counter() - started)
-        logger.info("INT8 meets the accuracy target fully quantized (error %.2f of the allowed, aiming at "
-                    "<= %.2f)", report["full_shortfall"], goal)
-        return Int8Result(full, (), report)
+class _OpenVinoRecipe:
+    """The OpenVINO recipe of :mod:`converters.int8`: ``nncf.quantize`` with an ``IgnoredScope``,
+    units = activation quantizers ranked on a switchable model, candidates compiled at the
+    inference precision they are served at."""
 
-    switch = _SwitchableModel(full, inference_precision)
-    order, count, emulated = search.select(switch)
-    report.update(quantizers=switch.size, evaluations=search.evaluations,
-                  search_seconds=_r(time.perf_counter() - started))
-    if count is None:
-        logger.warning("INT8 accuracy target %s is out of reach even with every quantizer bypassed "
-                       "(shortfall %.3f); keeping the fully quantized model", target.describe(), emulated)
-        report.update(unreachable=True, all_bypassed_shortfall=_r(emulated),
-                      seconds=_r(time.perf_counter() - started))
-        return Int8Result(full, (), report)
+    def __init__(self, fp32: Any, calibration: _Batches, preset: str, inference_precision: str | None) -> None:
+        self.fp32, self.calibration, self.preset = fp32, calibration, preset
+        self.inference_precision = inference_precision
 
-    known = {op.get_friendly_name() for op in fp32.get_ops()}
-    best: tuple[float, Any, tuple[str, ...], int, float] | None = None
-    for _ in range(4):
-        names = tuple(n for n in switch.consumers(order[:count]) if n in known)
-        model = _nncf_quantize(fp32, calibration, preset, ignored=names)
-        shortfall = search.shortfall_of(model)
-        logger.info("INT8 with %d of %d quantizers left out (%d layers in float): shortfall %.3f "
-                    "(emulated %.3f)", count, switch.size, len(names), shortfall, emulated)
-        if best is None or shortfall < best[0]:
-            best = (shortfall, model, names, count, emulated)
-        if shortfall <= goal or count >= len(order):
-            break
-        # The emulation was optimistic: leave out more of the ranking.
-        count = min(len(order), max(count + 1, math.ceil(count * 1.5)))
-        emulated = search.emulated(switch, order[:count])
-    shortfall, model, names, count, emulated = best  # type: ignore[misc]
-    report.update(left_out_quantizers=count, float_layers=len(names), shortfall=_r(shortfall),
-                  emulated_shortfall=_r(emulated), seconds=_r(time.perf_counter() - started))
-    if shortfall > 1.0:
-        logger.warning("INT8 accuracy target %s not reached (best shortfall %.3f with %d layers in "
-                       "float)", target.describe(), shortfall, len(names))
-    return Int8Result(model, names, report)
+    def quantize(self, float_members: Sequence[str]) -> Any:
+        return _nncf_quantize(self.fp32, self.calibration, self.preset, ignored=float_members)
+
+    def run(self, candidate: Any, batches: Sequence[np.ndarray]) -> list[Outputs]:
+        compiled = _compile(candidate, self.inference_precision)
+        return [_run(compiled, b) for b in batches]
+
+    def rank(self, full: Any, agreement: Agreement, trial: int8.Trial) -> int8.Ranking:
+        """Coarse to fine on the switchable model: the quantizers (in graph order) are cut into
+        :data:`RANKING_BLOCKS` consecutive blocks, each block bypassed alone (on the ranking frames)
+        and the blocks ranked by the shortfall that leaves; the fewest top-ranked blocks that meet
+        the goal (emulated, on all validation frames) are found; then the quantizers of those blocks
+        are ranked the same way one by one, and the emulated smallest count is where the search
+        starts (the real model is rarely better than its emulation)."""
+        switch = _SwitchableModel(full, self.inference_precision)
+        goal = agreement.target.headroom
+
+        def emulated(bypassed: Sequence[int], batches: Sequence[np.ndarray]) -> float:
+            return agreement.shortfall(switch.run(bypassed, batches))
+
+        def ranked(groups: list[list[int]]) -> list[list[int]]:
+            scores = [emulated(g, agreement.ranking_batches) for g in groups]
+            return [groups[j] for j in sorted(range(len(groups)), key=lambda j: (scores[j], j))]
+
+        def fewest(order: list[list[int]]) -> int | None:
+            return int8.smallest_passing(
+                lambda n: emulated([i for g in order[:n] for i in g], agreement.batches), len(order), goal)[0]
+
+        if not switch.size:
+            return int8.Ranking(())
+        blocks = ranked([list(b) for b in np.array_split(np.arange(switch.size), min(RANKING_BLOCKS, switch.size))])
+        needed = fewest(blocks)
+        if needed is None:  # even every quantizer bypassed misses: the search will confirm that once
+            order, start = [i for b in blocks for i in b], switch.size
+        else:
+            members = [i for b in blocks[:needed] for i in b]
+            order = [g[0] for g in ranked([[i] for i in members])]
+            start = fewest([[i] for i in order]) or len(order)
+            order += [i for b in blocks[needed:] for i in b]
+        known = {op.get_friendly_name() for op in self.fp32.get_ops()}
+        units = tuple(int8.Unit(switch.names[i], tuple(n for n in switch.consumers([i]) if n in known))
+                      for i in order)
+        return int8.Ranking(units, start=start)
 
 
 def _nncf_quantize(fp32: Any, calibration: Iterable[np.ndarray], preset: str,
@@ -322,89 +299,6 @@ def _nncf_quantize(fp32: Any, calibration: Iterable[np.ndarray], preset: str,
             subset_size=count, fast_bias_correction=True, **kwargs)
 
 
-class _AccuracySearch:
-    """Agreement with FP32 on the validation batches, and the search for the quantizers to leave out.
-
-    The search is coarse to fine: the quantizers (in graph order) are cut into
-    :attr:`AccuracyTarget.blocks` consecutive blocks; each block is bypassed alone (leave-one-out,
-    on the ranking frames) and the blocks ranked by the shortfall that leaves; the fewest
-    top-ranked blocks that meet the goal are found; then the quantizers of those blocks are ranked
-    the same way one by one, and the fewest top-ranked of them that meet the goal are kept. Every
-    "meets" is measured on all validation frames of the switchable model.
-    """
-
-    def __init__(self, fp32: Any, target: AccuracyTarget, validation: list[np.ndarray],
-                 inference_precision: str | None) -> None:
-        self.target = target
-        self.validation = validation
-        self.inference_precision = inference_precision
-        self.evaluations = 0
-        reference = _compile(fp32, "f32")  # FP32 computed exactly: the reference
-        self.references = [_run(reference, b) for b in validation]
-
-    def shortfall_of(self, model: Any) -> float:
-        compiled = _compile(model, self.inference_precision)
-        return self.score([_run(compiled, b) for b in self.validation], self.references)
-
-    def score(self, outputs: list[tuple[np.ndarray, np.ndarray]],
-              references: list[tuple[np.ndarray, np.ndarray]]) -> float:
-        cls = cosine([r[0] for r in references], [o[0] for o in outputs])
-        box = cosine([r[1] for r in references], [o[1] for o in outputs])
-        return self.target.shortfall(cls, box)
-
-    def emulated(self, switch: _SwitchableModel, bypassed: Sequence[int], images: int | None = None) -> float:
-        """The shortfall of the switchable model with quantizers ``bypassed``, on the first
-        ``images`` validation batches (all by default)."""
-        n = len(self.validation) if images is None else images
-        self.evaluations += 1
-        return self.score(switch.run(bypassed, self.validation[:n]), self.references[:n])
-
-    def rank(self, switch: _SwitchableModel, groups: list[list[int]]) -> list[int]:
-        """Indices of ``groups``, most harmful first: by the shortfall left when each group alone
-        is bypassed (on the ranking frames); ties keep graph order."""
-        scores = [self.emulated(switch, g, self.target.ranking_images) for g in groups]
-        return sorted(range(len(groups)), key=lambda j: (scores[j], j))
-
-    def shortest(self, switch: _SwitchableModel, prefix: Any, size: int) -> tuple[int | None, float]:
-        """The smallest ``n <= size`` for which bypassing ``prefix(n)`` meets the goal: doubling,
-        then bisection. ``(None, shortfall at size)`` when even ``size`` misses it."""
-        goal = self.target.headroom
-        n = 1
-        while True:
-            s = self.emulated(switch, prefix(n))
-            if s <= goal:
-                break
-            if n >= size:
-                return None, s
-            n = min(size, 2 * n)
-        low, high, best = n // 2, n, s  # `low` misses the goal (or is 0), `high` meets it
-        while high - low > 1:
-            mid = (low + high) // 2
-            s = self.emulated(switch, prefix(mid))
-            if s <= goal:
-                high, best = mid, s
-            else:
-                low = mid
-        return high, best
-
-    def select(self, switch: _SwitchableModel) -> tuple[list[int], int | None, float]:
-        """``(order, n, emulated shortfall)``: bypassing ``order[:n]`` meets the goal on the
-        emulation (``n`` None: nothing does); ``order`` goes on with the other quantizers, for
-        when the real model needs more."""
-        size = switch.size
-        k = max(1, min(self.target.blocks, size))
-        blocks = [list(b) for b in np.array_split(np.arange(size), k) if len(b)]
-        block_order = [blocks[j] for j in self.rank(switch, blocks)] if len(blocks) > 1 else blocks
-        m, s = self.shortest(switch, lambda n: [i for b in block_order[:n] for i in b], len(block_order))
-        if m is None:
-            return [i for b in block_order for i in b], None, s
-        members = [i for b in block_order[:m] for i in b]
-        ranked = [members[j] for j in self.rank(switch, [[i] for i in members])] if len(members) > 1 else members
-        n, s = self.shortest(switch, lambda n: ranked[:n], len(ranked))
-        rest = [i for b in block_order[m:] for i in b]
-        return ranked + rest, n, s
-
-
 class _SwitchableModel:
     """A copy of a quantized model in which every activation quantizer can be bypassed at run time
     (an extra boolean input, one flag per quantizer: 1 = quantize, 0 = pass the float value), so
@@ -418,7 +312,7 @@ class _SwitchableModel:
         self.quantizers = [op for op in model.get_ordered_ops()
                            if op.get_type_name() == "FakeQuantize" and not _from_constant(op.input_value(0))]
         self.size = len(self.quantizers)
-        self._names = [q.get_friendly_name() for q in self.quantizers]
+        self.names = [q.get_friendly_name() for q in self.quantizers]
         self._consumers = [_quantized_consumers(q) for q in self.quantizers]
         flags = ops.parameter([self.size], ov.Type.boolean, name="edgedet_quantizer_flags")
         axis = ops.constant(np.int64(0))
@@ -452,30 +346,22 @@ class _SwitchableModel:
         return tuple(dict.fromkeys(n for n in order if n in chosen))
 
 
-# ---------------------------------------------------------------------------------- helpers
-
-
 class _Batches:
     """A re-iterable, sized view of the calibration batches (NNCF iterates more than once)."""
 
-    def __init__(self, calibration: Calibration, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.calibration, self.size, self.mean, self.std = calibration, size, mean, std
+    def __init__(self, calibration: Calibration, config: ModelConfig) -> None:
+        self.calibration, self.config = calibration, config
         self._len: int | None = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return self.calibration.batches(self.size, self.mean, self.std, layout="NCHW", dtype=np.float32)
+        norm = self.config.normalization
+        return self.calibration.batches(self.config.image_size, norm.mean, norm.std, layout="NCHW",
+                                        dtype=np.float32)
 
     def __len__(self) -> int:
         if self._len is None:
             self._len = self.calibration.source.calibration_count(self.calibration.count)
         return self._len
-
-
-def _preprocess(frame: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    from edgedet.preprocess import preprocess
-
-    batch, _ = preprocess(frame, size, mean, std, layout="NCHW", dtype=np.float32)
-    return batch
 
 
 def _compile(model: Any, inference_precision: str | None) -> Any:
@@ -492,10 +378,6 @@ def _run(compiled: Any, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     outputs = {o.get_any_name(): o for o in compiled.outputs}
     return (np.array(result[outputs["cls_logits"]], copy=True),
             np.array(result[outputs["box_regression"]], copy=True))
-
-
-def _r(value: float) -> float:
-    return float(f"{value:.6g}") if math.isfinite(value) else -1.0
 
 
 def _plugin_default_precision() -> str:

@@ -24,26 +24,27 @@ manifest says ``layout: NHWC``) and has the outputs ``cls_logits`` [1,N,C] and `
     DEQUANTIZE op each); ``False`` keeps int8 outputs and records each output's ``quantization``
     for the runtime to dequantize. Float I/O measured ~3 ms per frame faster end to end on D0
     than int8 I/O with numpy (de)quantization (4.4M logits per frame);
-  - ``accuracy_aware``: after quantizing everything, leave the model units whose quantization
-    hurts most in float until agreement with PyTorch on calibration frames reaches
-    ``accuracy_targets`` (default cls cosine >= 0.999, box cosine >= 0.998); see
-    :func:`_accuracy_aware_search`. The manifest's ``float_layers`` lists every compute op that
-    runs in float.
+  - ``accuracy_aware`` (default, as on every backend) / ``accuracy_target``: by
+    :mod:`converters.int8`. This module's recipe (:class:`_TfliteRecipe`): quantization noise in
+    this network is spread out, and a lone float op inside an int8 region barely helps (its
+    output is requantized for the next op), so the units are contiguous model blocks: the stem,
+    each backbone stage, the BiFPN's extra-level resampling and each cell, each head
+    (:func:`_unit`), left in float by ai-edge-quantizer recipe overrides (``NO_QUANTIZE`` on their
+    op scopes). Each unit is ranked by the shortfall left when it alone is in float (a real
+    quantization each). The manifest's ``float_layers`` lists every compute op that runs in float.
 
 Options that change the file also change the export key and are recorded in the manifest's
 ``options`` (see :meth:`TfliteExporter.options`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import logging
 import math
 import os
 import re
+import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from converters import int8
+from converters.accuracy import AccuracyTarget, Agreement, Outputs
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
+from converters.fp32_cache import Fp32Cache
+from converters.quiet import quiet
 from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec, Quantization
 from edgedet.quantization import dequantize, quantize
 
@@ -59,8 +64,7 @@ if TYPE_CHECKING:
     from converters.calibration import Calibration
     from edgedet.config import ModelConfig
 
-__all__ = ["DEFAULT_ACCURACY_TARGETS", "INPUT_DTYPES", "INPUT_NAME", "OUTPUT_NAMES", "SearchResult",
-           "TfliteExporter"]
+__all__ = ["INPUT_DTYPES", "INPUT_NAME", "OUTPUT_NAMES", "TfliteExporter"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +73,9 @@ OUTPUT_NAMES = ("cls_logits", "box_regression")
 SIGNATURE = "serving_default"
 MODEL_FILE = "model.tflite"
 INPUT_DTYPES = ("float32", "int8", "uint8")
-#: Agreement with PyTorch FP32 that accuracy-aware INT8 aims for (figures of converters.verify).
-DEFAULT_ACCURACY_TARGETS: Mapping[str, float] = {"cls_cosine": 0.999, "box_cosine": 0.998}
 #: Calibration frames handed to ai-edge-quantizer per call (it materializes what it is given).
 _CALIBRATION_CHUNK = 8
+
 
 # Ops that only move, pick or convert data: a float one among them is not "a layer left in float".
 _DATA_MOVEMENT = {"RESHAPE", "TRANSPOSE", "CONCATENATION", "PAD", "PADV2", "MIRROR_PAD", "STRIDED_SLICE",
@@ -90,11 +93,10 @@ class TfliteExporter(Exporter):
         threads: interpreter threads for verification and the accuracy-aware search.
         input_dtype: INT8 artifacts only: ``"float32"``, ``"int8"`` or ``"uint8"`` input.
         float_outputs: INT8 artifacts only: dequantize the outputs inside the graph.
-        accuracy_aware: INT8 artifacts only: keep the most harmful units in float until
-            ``accuracy_targets`` are met on calibration frames.
-        accuracy_targets: ``{figure: minimum}`` over figures of :func:`converters.verify.compare`
-            where larger is better (``cls_cosine``, ``box_cosine``, ``top100_agreement``).
-        search_images: calibration frames the accuracy-aware search compares on.
+        accuracy_aware: keep the model units whose quantization hurts most in float until INT8
+            reaches ``accuracy_target`` (default; see :mod:`converters.int8`); ``False`` makes a
+            fully quantized INT8 model.
+        accuracy_target: the agreement accuracy-aware INT8 must reach; ``None`` = fully quantized.
     """
 
     name = "tflite"
@@ -102,46 +104,31 @@ class TfliteExporter(Exporter):
     precisions = ("fp32", "fp16", "int8")
     requires = {"litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer",
                 "ai_edge_litert": "ai-edge-litert"}
-    revision = 1
+    revision = 2  # 2: accuracy-aware by default, the shared detection-level target (converters.int8)
 
     def __init__(self, *, threads: int | None = None, input_dtype: str = "float32", float_outputs: bool = True,
-                 accuracy_aware: bool = False, accuracy_targets: Mapping[str, float] | None = None,
-                 search_images: int = 4) -> None:
+                 accuracy_aware: bool = True, accuracy_target: AccuracyTarget | None = AccuracyTarget()) -> None:
         if input_dtype not in INPUT_DTYPES:
             raise ConvertError(f"tflite input_dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}")
-        targets = dict(DEFAULT_ACCURACY_TARGETS if accuracy_targets is None else accuracy_targets)
-        unknown = sorted(set(targets) - {"cls_cosine", "box_cosine", "top100_agreement"})
-        if unknown:
-            raise ConvertError(f"unknown accuracy target {unknown[0]!r}; use cls_cosine, box_cosine or "
-                               f"top100_agreement")
-        if search_images < 1:
-            raise ConvertError(f"search_images must be at least 1, got {search_images}")
         self.threads = threads
         self.input_dtype = input_dtype
         self.float_outputs = bool(float_outputs)
-        self.accuracy_aware = bool(accuracy_aware)
-        self.accuracy_targets = targets
-        self.search_images = int(search_images)
+        self.accuracy_target = accuracy_target if accuracy_aware else None
         self._cache = _Cache()
-        #: What the last accuracy-aware INT8 export found (None before one ran).
-        self.last_search: SearchResult | None = None
+        #: What the last accuracy-aware INT8 export did, for logs and tests.
+        self.last_int8: int8.Int8Report | None = None
 
     def options(self, precision: str) -> dict[str, str]:
         """The options that shape INT8 files (FP32 and FP16 have none)."""
         if precision != "int8":
             return {}
-        opts = {"input_dtype": self.input_dtype, "float_outputs": str(self.float_outputs).lower(),
-                "int8_mode": "accuracy-aware" if self.accuracy_aware else "full"}
-        if self.accuracy_aware:
-            opts["accuracy_targets"] = ",".join(f"{k}>={v:g}" for k, v in sorted(self.accuracy_targets.items()))
-            opts["search_images"] = str(self.search_images)
-        return opts
+        return {"input_dtype": self.input_dtype, "float_outputs": str(self.float_outputs).lower(),
+                **int8.int8_options(self.accuracy_target)}
 
     def with_options(self, **changes: Any) -> TfliteExporter:
         """A copy with other options that shares this exporter's FP32 graph and calibration cache."""
         kwargs = dict(threads=self.threads, input_dtype=self.input_dtype, float_outputs=self.float_outputs,
-                      accuracy_aware=self.accuracy_aware, accuracy_targets=self.accuracy_targets,
-                      search_images=self.search_images)
+                      accuracy_target=self.accuracy_target)
         kwargs.update(changes)
         other = type(self)(**kwargs)
         other._cache = self._cache
@@ -152,7 +139,7 @@ class TfliteExporter(Exporter):
     def export(self, model: Any, config: ModelConfig, out_dir: Path, precision: str,
                calibration: Calibration | None) -> list[Path]:
         self.check_request(precision, calibration)
-        fp32 = self._fp32_bytes(model, config)
+        fp32 = self._cache.fp32.get(model, config, lambda: _export_fp32(model, config))
         path = Path(out_dir) / MODEL_FILE
         if precision == "fp32":
             path.write_bytes(fp32)
@@ -160,24 +147,14 @@ class TfliteExporter(Exporter):
             path.write_bytes(_to_fp16(fp32))
         else:
             qsvs = self._calibration(fp32, config, calibration)
-            if self.accuracy_aware:
-                result = _accuracy_aware_search(
-                    fp32, qsvs, model, config, calibration, Path(out_dir), targets=self.accuracy_targets,
-                    images=self.search_images, threads=self.threads or min(4, os.cpu_count() or 1),
-                    input_dtype=self.input_dtype, float_outputs=self.float_outputs)
-                self.last_search = result
-                path.write_bytes(result.model)
-            else:
-                path.write_bytes(_quantize_int8(fp32, qsvs, input_dtype=self.input_dtype,
-                                                float_outputs=self.float_outputs))
+            with tempfile.TemporaryDirectory(prefix="edgedet-tflite-int8-") as tmp:
+                recipe = _TfliteRecipe(fp32, qsvs, config, Path(tmp), input_dtype=self.input_dtype,
+                                       float_outputs=self.float_outputs,
+                                       threads=self.threads or min(4, os.cpu_count() or 1))
+                result = int8.quantize(recipe, self.accuracy_target, model, calibration)
+            self.last_int8 = result.report
+            path.write_bytes(result.model)
         return [path]
-
-    def _fp32_bytes(self, model: Any, config: ModelConfig) -> bytes:
-        """The FP32 flatbuffer; cached by weights (not object identity) for the other precisions."""
-        key = _model_key(model, config)
-        if key not in self._cache.fp32:
-            self._cache.fp32[key] = _export_fp32(model, config)
-        return self._cache.fp32[key]
 
     def _calibration(self, fp32: bytes, config: ModelConfig, calibration: Calibration) -> dict:
         key = (hashlib.sha256(fp32).hexdigest(), calibration.key)
@@ -189,6 +166,7 @@ class TfliteExporter(Exporter):
         self._cache.clear()
 
     # ------------------------------------------------------------------------------ inspect / run
+
 
     def describe(self, files: Sequence[Path], config: ModelConfig, precision: str) -> ArtifactIO:
         from edgedet.backends.tflite import TfliteBackend
@@ -206,24 +184,16 @@ class TfliteExporter(Exporter):
 
 @dataclass
 class _Cache:
-    """Work shared by the precisions of a model: FP32 files by weights, calibration statistics
-    by (FP32 file, calibration). The pipeline releases it when it moves to another variant."""
+    """Work shared by the precisions and option variants of a model: FP32 files by weights,
+    calibration statistics by (FP32 file, calibration). The pipeline releases it when it moves to
+    another variant."""
 
-    fp32: dict[str, bytes] = field(default_factory=dict)
+    fp32: Fp32Cache[bytes] = field(default_factory=Fp32Cache)
     qsvs: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.fp32.clear()
         self.qsvs.clear()
-
-
-def _model_key(model: Any, config: ModelConfig) -> str:
-    """A hash of the architecture and weights (two builds of the same weights share it)."""
-    digest = hashlib.sha256(f"{config!r}|{getattr(model, 'image_size', config.image_size)}".encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _runner(path: Path, io: ArtifactIO, threads: int | None) -> Runner:
@@ -376,7 +346,7 @@ def _convert_module(module: Any, sample_kwargs: Mapping[str, Any]) -> bytes:
     import litert_torch
     import torch
 
-    with _quiet(), torch.no_grad(), _export_rewrites():
+    with quiet(), torch.no_grad(), _export_rewrites():
         edge_model = litert_torch.convert(module, sample_kwargs=dict(sample_kwargs))
         return bytes(edge_model.model_content())
 
@@ -395,7 +365,7 @@ def _to_fp16(fp32: bytes) -> bytes:
     for op in (ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.FULLY_CONNECTED, ops.CONV_2D_TRANSPOSE):
         qt.add_weight_only_config(regex=".*", operation_name=op, num_bits=16,
                                   algorithm_key=algorithms.FLOAT_CASTING)
-    with _quiet():
+    with quiet():
         result = qt.quantize(enable_progress_report=False)
     return bytes(result.quantized_model)
 
@@ -420,7 +390,7 @@ def _calibrate(fp32: bytes, config: ModelConfig, calibration: Calibration) -> di
 
     def flush() -> None:
         nonlocal qsvs
-        with _quiet():
+        with quiet():
             qsvs = qt.calibrate({SIGNATURE: chunk}, previous_calibration_result=qsvs)
 
     for batch in _calibration_batches(config, calibration):
@@ -461,7 +431,7 @@ def _quantize_int8(fp32: bytes, qsvs: dict, *, input_dtype: str, float_outputs: 
         pattern = "^(?:" + "|".join(re.escape(s) for s in float_scopes) + ")$"
         qt.update_quantization_recipe(regex=pattern, operation_name=ops.ALL_SUPPORTED,
                                       algorithm_key=algorithms.NO_QUANTIZE)
-    with _quiet():
+    with quiet():
         result = qt.quantize(qsvs, enable_progress_report=False)
     return bytes(result.quantized_model)
 
@@ -578,163 +548,40 @@ def _float_layers(interpreter: Any, precision: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------- accuracy-aware
 
 
-@dataclass
-class SearchResult:
-    """What the accuracy-aware INT8 search did."""
+class _TfliteRecipe:
+    """The TFLite recipe of :mod:`converters.int8`: ai-edge-quantizer with ``NO_QUANTIZE`` overrides
+    on the op scopes of the units left in float, units = model blocks (:func:`_unit`) ranked by a
+    real quantization each, candidates run by the LiteRT interpreter as the runtime feeds them."""
 
-    model: bytes = field(repr=False)
-    float_units: tuple[str, ...]
-    figures: dict[str, Any]  # of the chosen model, on the search images
-    full_int8: dict[str, Any]  # of the fully quantized model, on the search images
-    met: bool
-    trials: list[dict[str, Any]]
-    seconds: float
+    def __init__(self, fp32: bytes, qsvs: dict, config: ModelConfig, work: Path, *, input_dtype: str,
+                 float_outputs: bool, threads: int) -> None:
+        self.fp32, self.qsvs, self.work, self.threads = fp32, qsvs, work, threads
+        self.normalization = NormalizationSpec.from_config(config.normalization)
+        self.input_dtype, self.float_outputs = input_dtype, float_outputs
 
+    def quantize(self, float_members: Sequence[str]) -> bytes:
+        return _quantize_int8(self.fp32, self.qsvs, input_dtype=self.input_dtype, float_outputs=self.float_outputs,
+                              float_scopes=float_members)
 
-def _deficit(figures: Mapping[str, Any], targets: Mapping[str, float]) -> float:
-    """How far ``figures`` fall short of ``targets``, in units of each target's allowed error:
-    sum over targets of max(0, (1 - value) / (1 - target) - 1). Zero when every target is met."""
-    total = 0.0
-    for name, target in targets.items():
-        value = figures.get(name)
-        if value is None or not np.isfinite(value):
-            return math.inf
-        allowed = max(1.0 - target, 1e-12)
-        total += max(0.0, (1.0 - value) / allowed - 1.0)
-    return total
+    def run(self, candidate: bytes, batches: Sequence[np.ndarray]) -> list[Outputs]:
+        from edgedet.backends.tflite import TfliteBackend
 
+        path = self.work / "candidate.tflite"
+        path.write_bytes(candidate)
+        backend = TfliteBackend(path, threads=self.threads)
+        run = _backend_runner(backend, _signature_io(backend.interpreter, self.normalization))
+        return [run(np.ascontiguousarray(b.transpose(0, 2, 3, 1))) for b in batches]
 
-def _accuracy_aware_search(fp32: bytes, qsvs: dict, model: Any, config: ModelConfig, calibration: Calibration,
-                           work: Path, *, targets: Mapping[str, float], images: int, threads: int,
-                           input_dtype: str, float_outputs: bool) -> SearchResult:
-    """Full INT8, then keep model units in float, most harmful first, until ``targets`` are met.
+    def rank(self, full: bytes, agreement: Agreement, trial: int8.Trial) -> int8.Ranking:
+        from edgedet.backends.tflite import TfliteBackend
 
-    Quantization noise in this network is spread out, and a lone float op inside an int8
-    region barely helps (its output is requantized for the next op), so the search works on
-    contiguous units: the stem, each backbone stage, the BiFPN's extra-level resampling and each
-    cell, each head (:func:`_unit`). Each unit is measured on its own (everything else int8), the
-    units that help are ranked by how much they close the gap to the targets (:func:`_deficit`)
-    and added in that order until the targets are met; then each chosen unit but the last is
-    dropped again if the targets still hold without it (the effects are not additive). If all
-    helpful units are float and the targets are still missed, the closest model is kept and a
-    warning logged. Agreement is measured against PyTorch FP32 on the first ``images``
-    calibration frames, so the held-out frames stay unseen for verification.
-    """
-    import torch
-
-    from edgedet.backends.tflite import TfliteBackend
-
-    started = time.perf_counter()
-    batches = []
-    for batch in _calibration_batches(config, calibration):
-        batches.append(batch)
-        if len(batches) == images:
-            break
-    with torch.no_grad():
-        refs = [model(torch.from_numpy(np.ascontiguousarray(b.transpose(0, 3, 1, 2)))) for b in batches]
-    ref_cls = [c.numpy() for c, _ in refs]
-    ref_box = [b.numpy() for _, b in refs]
-    normalization = NormalizationSpec.from_config(config.normalization)
-    ops, _ = _graph_ops(TfliteBackend(_write(work / ".fp32-search.tflite", fp32)).interpreter)
-    units: dict[str, list[str]] = {}
-    for op in ops:
-        if op.scope:
-            units.setdefault(op.unit, []).append(op.scope)
-    units.pop("output", None)  # reshapes/concats of the outputs: nothing to gain
-
-    trials: list[dict[str, Any]] = []
-    candidate = work / ".int8-search.tflite"
-
-    def evaluate(float_units: Sequence[str]) -> tuple[bytes, dict[str, Any]]:
-        scopes = [s for u in float_units for s in units[u]]
-        content = _quantize_int8(fp32, qsvs, input_dtype=input_dtype, float_outputs=float_outputs,
-                                 float_scopes=scopes)
-        _write(candidate, content)
-        backend = TfliteBackend(candidate, threads=threads)
-        run = _backend_runner(backend, _signature_io(backend.interpreter, normalization))
-        cls, box = zip(*(run(b) for b in batches))
-        figures = _search_figures(ref_cls, ref_box, cls, box, targets)
-        trials.append({"float_units": list(float_units), **{k: figures.get(k) for k in targets}})
-        return content, figures
-
-    try:
-        full_model, full = evaluate(())
-        best_model, best, best_units = full_model, full, ()
-        if _deficit(full, targets) > 0:
-            base = _deficit(full, targets)
-            gains = {}
-            for unit in units:
-                _, figures = evaluate((unit,))
-                gains[unit] = base - _deficit(figures, targets)
-            ranked = [u for u in sorted(gains, key=lambda u: (-gains[u], len(units[u]))) if gains[u] > 0]
-            chosen: list[str] = []
-            for unit in ranked:
-                chosen.append(unit)
-                content, figures = evaluate(chosen)
-                if _deficit(figures, targets) < _deficit(best, targets):
-                    best_model, best, best_units = content, figures, tuple(chosen)
-                if _deficit(figures, targets) == 0:
-                    break
-            if _deficit(best, targets) == 0:
-                # Units are not additive: drop those the others made unnecessary, least helpful
-                # first (the one added last was needed to get here).
-                for unit in reversed(best_units[:-1]):
-                    fewer = tuple(u for u in best_units if u != unit)
-                    content, figures = evaluate(fewer)
-                    if _deficit(figures, targets) == 0:
-                        best_model, best, best_units = content, figures, fewer
-    finally:
-        candidate.unlink(missing_ok=True)
-        (work / ".fp32-search.tflite").unlink(missing_ok=True)
-    met = _deficit(best, targets) == 0
-    seconds = time.perf_counter() - started
-    summary = ", ".join(f"{k} {best.get(k):.6f}" for k in targets)
-    if met:
-        logger.info("%s: accuracy-aware INT8: %d of %d units in float (%s), %s, %d trials in %.1f s", config.name,
-                    len(best_units), len(units), ", ".join(best_units) or "none", summary, len(trials), seconds)
-    else:
-        logger.warning("%s: accuracy-aware INT8 could not reach %s on calibration frames; kept the closest "
-                       "(%s with %s in float)", config.name, dict(targets), summary, ", ".join(best_units) or "none")
-    return SearchResult(model=best_model, float_units=best_units, figures=best, full_int8=full, met=met,
-                        trials=trials, seconds=seconds)
-
-
-def _search_figures(ref_cls: Sequence[np.ndarray], ref_box: Sequence[np.ndarray], cls: Sequence[np.ndarray],
-                    box: Sequence[np.ndarray], targets: Mapping[str, float]) -> dict[str, Any]:
-    """The figures the targets name, as :func:`converters.verify.compare` defines them; the
-    cosines computed directly (compare's full set costs seconds per trial on D0's 4.4M logits)."""
-    if set(targets) - {"cls_cosine", "box_cosine"}:
-        from converters.verify import compare
-
-        return compare(ref_cls, ref_box, cls, box)
-
-    def cosine(refs: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> float:
-        dot = nr = no = 0.0
-        for r, o in zip(refs, outs, strict=True):
-            r64, o64 = r.ravel().astype(np.float64), o.ravel().astype(np.float64)
-            dot, nr, no = dot + float(r64 @ o64), nr + float(r64 @ r64), no + float(o64 @ o64)
-        if not all(map(np.isfinite, (dot, nr, no))):
-            return float("nan")
-        return dot / math.sqrt(nr * no) if nr and no else float(nr == no)
-
-    return {"cls_cosine": cosine(ref_cls, cls), "box_cosine": cosine(ref_box, box)}
-
-
-def _write(path: Path, content: bytes) -> Path:
-    path.write_bytes(content)
-    return path
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep the converters' progress bars, stdout chatter, warnings and INFO logging out of the
-    CLI's output for the duration (errors still raise)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
+        path = self.work / "fp32.tflite"
+        path.write_bytes(self.fp32)
+        units: dict[str, list[str]] = {}
+        for op in _graph_ops(TfliteBackend(path).interpreter)[0]:
+            if op.scope:
+                units.setdefault(op.unit, []).append(op.scope)
+        units.pop("output", None)  # reshapes/concats of the outputs: nothing to gain
+        shortfalls = {name: trial(scopes) for name, scopes in units.items()}
+        order = sorted(units, key=lambda name: (shortfalls[name], len(units[name])))
+        return int8.Ranking(tuple(int8.Unit(name, tuple(units[name])) for name in order))

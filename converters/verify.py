@@ -39,7 +39,7 @@ from edgedet.quantization import quantize
 
 from converters.base import Runner
 
-__all__ = ["RANDOM_WEIGHT_THRESHOLDS", "THRESHOLDS", "TOP_K", "Reference", "check_parity", "compare",
+__all__ = ["RANDOM_WEIGHT_THRESHOLDS", "THRESHOLDS", "TOP_K", "Reference", "check_parity", "compare", "cosine",
            "detection_agreement", "measure_parity", "reference_outputs"]
 
 TOP_K = 100
@@ -154,7 +154,7 @@ def compare(ref_cls: Iterable[np.ndarray], ref_box: Iterable[np.ndarray], cls: I
         diff = np.abs(r - o)
         figures[f"{prefix}_max_abs"] = float(diff.max()) if np.isfinite(diff).all() else float("inf")
         figures[f"{prefix}_mean_abs"] = float(diff.mean()) if np.isfinite(diff).all() else float("inf")
-        figures[f"{prefix}_cosine"] = _cosine(r, o)
+        figures[f"{prefix}_cosine"] = cosine([r], [o])
     # In score space (sigmoid), as a detection threshold sees the class outputs.
     figures["score_max_abs"] = float(max(np.abs(_sigmoid(r) - _sigmoid(o)).max() for r, o in zip(ref_cls, cls)))
     agreements = []
@@ -277,7 +277,19 @@ def _f32(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(refs: Iterable[np.ndarray], outs: Iterable[np.ndarray]) -> float:
+    """Cosine similarity of the flattened, concatenated ``outs`` against ``refs`` (in float64).
+
+    The one cosine of the converters (parity figures and the INT8 accuracy target). Non-finite
+    input (NaN or inf anywhere, on either side) gives NaN: it is not a measurement, and every
+    consumer treats NaN as a failure (:func:`check_parity` fails it, the manifest records null,
+    :meth:`converters.accuracy.AccuracyTarget.shortfall` makes it infinite). Two all-zero sides
+    agree (1.0); one all-zero side does not (0.0).
+    """
+    a = np.concatenate([np.ravel(x) for x in refs]).astype(np.float64)
+    b = np.concatenate([np.ravel(x) for x in outs]).astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"cosine of {a.size} values against {b.size}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return float("nan")
     na, nb = np.linalg.norm(a), np.linalg.norm(b)

@@ -84,6 +84,30 @@ def test_int8_mode_reaches_the_exporters():
     assert full["tflite"][0]["input_dtype"] == "uint8"
 
 
+def test_cli_accuracy_target_reaches_every_int8_format(capsys):
+    """The --accuracy-* options make one AccuracyTarget for every format that makes INT8."""
+    from converters.accuracy import AccuracyTarget
+    from converters.cli import _exporter_options, build_parser
+    from converters.pipeline import _plan
+
+    parser = build_parser()
+    args = parser.parse_args(["--variants", "lite0", "--formats", "onnx,openvino,tflite,torch",
+                              "--accuracy-ap50", "0.97", "--accuracy-images", "2"])
+    options = _exporter_options(parser, args)
+    target = AccuracyTarget(detection_ap50=0.97, validation_images=2)
+    assert options == {name: {"accuracy_target": target} for name in ("onnx", "openvino", "tflite")}
+    plan = _plan("lite0", "onnx,openvino,tflite", "int8", "random", "unused", calibration="synthetic",
+                 calibration_count=8, allow_random=True, force=False, num_classes=None, labels=None, seed=0,
+                 exporters=None, int8_mode="accuracy-aware", exporter_options=options)
+    assert {j.exporter.options("int8")["accuracy_target"] for j in plan.jobs} == {target.describe()}
+    with pytest.raises(SystemExit):
+        main(["--variants", "lite0", "--int8-mode", "full", "--accuracy-ap50", "0.9"])
+    assert "do not go with --int8-mode full" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--variants", "lite0", "--accuracy-cls-cosine", "1.5"])
+    assert "cls_cosine must be in (0, 1)" in capsys.readouterr().err
+
+
 def test_cli_options(trained, tmp_path, capsys):
     assert main(["--variants", "lite0", "--formats", "torch", "--precisions", "fp32", "--weights", str(trained),
                  "--image-size", "192", "--out", str(tmp_path), "-q"]) == 0
