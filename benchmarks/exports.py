@@ -4,7 +4,7 @@ Weights (``--weights auto``, the default): a trained reference checkpoint
 ``<edgedet cache>/reference/<variant>/best.pth`` (written by the reference-training script, with
 its class names, class count and validation split in the checkpoint's metadata) where one exists,
 else the converter's *realistic random* weights — labelled latency-only everywhere, since
-latency is a property of architecture, not weights (DESIGN.md). ``random``, ``reference``,
+latency is a property of architecture, not weights (docs/ARCHITECTURE.md). ``random``, ``reference``,
 ``published`` or a checkpoint path force one source for every variant.
 
 Exports go to the models directory (default ``<edgedet cache>/bench``); the converter skips any
@@ -31,7 +31,7 @@ __all__ = ["BEST_NAME", "ExportSummary", "VariantWeights", "choose_weights", "de
 log = logging.getLogger(__name__)
 
 BEST_NAME = "best.pth"
-#: Calibration frames per INT8 artifact (the count STACK.md's working TFLite INT8 path used).
+#: Calibration frames per INT8 artifact (the count docs/TOOLCHAIN.md's working TFLite INT8 path used).
 DEFAULT_CALIBRATION_COUNT = 32
 
 

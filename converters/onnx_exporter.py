@@ -12,7 +12,7 @@
 * **int8**: onnxruntime's static quantization (``onnxruntime.quantization.quantize_static``) of
   the FP32 graph with its squeeze-excite means as ``GlobalAveragePool`` (quantizable), in QDQ
   format: per-channel symmetric int8 weights, asymmetric uint8 activations (the combination that
-  was both fastest and most accurate here, see STACK.md), MinMax ranges calibrated on frames
+  was both fastest and most accurate here, see docs/TOOLCHAIN.md), MinMax ranges calibrated on frames
   preprocessed by :func:`edgedet.preprocess.preprocess`. Float input/output. Calibration runs
   once: ``quantize_static`` writes the tensor ranges to a calibration cache
   (``calibration_cache_path``) that every later quantization of the same graph reads, so all

@@ -2,7 +2,7 @@
 
 Every precision starts from the same FP32 ONNX graph as the ONNX artifacts
 (:func:`converters.onnx_exporter.export_fp32`), converted with ``ov.convert_model`` (faster and
-more robust than converting the torch module, STACK.md). Convolutions are renamed after their
+more robust than converting the torch module, docs/TOOLCHAIN.md). Convolutions are renamed after their
 weights (``box_net.conv_rep.0.conv_dw[2]``: the third use of a shared head weight) so that logs,
 ``ignored_scope`` and the manifest's ``float_layers`` name real layers. Input ``images``
 [1,3,R,R] float32 (normalized, NCHW); outputs ``cls_logits`` [1,N,C], ``box_regression`` [1,N,4],

@@ -23,7 +23,7 @@ not used for calibration). Figures, per output (``cls`` = cls_logits, ``box`` = 
 Thresholds are per precision (:data:`THRESHOLDS`, :data:`RANDOM_WEIGHT_THRESHOLDS` for random
 weights); the scale-free figures (cosine, agreement) are used for reduced precisions, because
 absolute errors scale with the weights. The values were set from measurements on realistic-random
-D0 and Lite0 (see ``tests/test_convert_onnx.py``) and on the published D0 (STACK.md: INT8 cls max
+D0 and Lite0 (see ``tests/test_convert_onnx.py``) and on the published D0 (docs/TOOLCHAIN.md: INT8 cls max
 abs 0.022, box cosine 0.9998), with a margin.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ _FP16 = {"cls_cosine": ("min", 0.9999), "box_cosine": ("min", 0.9999),
 #: INT8: gated on the detections (AP50 >= 0.9 against FP32's), with floors on the raw outputs that
 #: catch a broken graph: the trained reference Lite0 had cls cosine >= 0.9998 and box cosine
 #: 0.995-0.998 at full INT8, the reference D0 cls 0.9989-0.9992 and box 0.983-0.998, all with
-#: mAP within 0.005 of FP32 (the published D0: box cosine 0.9998, STACK.md). ``score_max_abs`` is recorded, not enforced: a maximum over
+#: mAP within 0.005 of FP32 (the published D0: box cosine 0.9998, docs/TOOLCHAIN.md). ``score_max_abs`` is recorded, not enforced: a maximum over
 #: ~4M scores, it was 0.20-0.23 on the trained reference D0 (OpenVINO/TFLite INT8) while its
 #: detections agreed with FP32's.
 THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {

@@ -30,10 +30,10 @@ forget the image). Trained networks are neither. β around 2 keeps ReLU6/swish u
 near-linear range: the same 1e-3 noise moves the logits by 0.03 std, while 10-20% of the
 outputs' spread still comes from the image (measured on Lite0 and D0). Even so, a random network
 stays more sensitive to quantization than a trained one (INT8 box cosine 0.993 on random D0 vs
-0.9998 on the published weights, STACK.md): parity thresholds for random weights are looser
+0.9998 on the published weights, docs/TOOLCHAIN.md): parity thresholds for random weights are looser
 (:data:`converters.verify.RANDOM_WEIGHT_THRESHOLDS`).
 
-Latency is a property of architecture, not weights (DESIGN.md), so such artifacts are fine for
+Latency is a property of architecture, not weights (docs/ARCHITECTURE.md), so such artifacts are fine for
 profiling; the manifest says ``random: true``.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Atomic file writes: write to a temporary file beside the target, then rename it into place.
 
 An interrupted run (crash, Ctrl-C, full disk) therefore never leaves a half-written file under the
-final name that a later run would take for a complete one (DESIGN.md, "Writes are atomic").
+final name that a later run would take for a complete one (docs/ARCHITECTURE.md, "Writes are atomic").
 Downloads, exports, manifests and the profile cache all write through here. Stdlib only.
 """
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The compound-scaling table: one name (``d0``..``d7``, ``d7x``, ``lite0``..``lite4``, ``lite3x``)
 to everything that defines an EfficientDet architecture.
 
-This is the single source of truth for the table (DESIGN.md, rule 2): the model, the anchors, the
+This is the single source of truth for the table (docs/ARCHITECTURE.md, rule 2): the model, the anchors, the
 converters, the runtime and the benchmarks all read it from here. Pure Python, no torch.
 
 Figures follow the official TF implementation (google/automl ``hparams_config.py``) and the effdet
-PyTorch port; see ``shared/reference/efficientdet.md``.
+PyTorch port; see the paper (Tan, Pang and Le, *EfficientDet*, CVPR 2020) and google/automl's ``hparams_config.py``.
 """
 from __future__ import annotations
 

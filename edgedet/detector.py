@@ -1,7 +1,7 @@
 """``Detector``: choose the largest EfficientDet that meets a latency budget *on this device*, then
 turn frames into :class:`~edgedet.detections.Detections`.
 
-Selection (DESIGN.md): artifacts are grouped by family (D, Lite) and ordered by φ; each is
+Selection (docs/ARCHITECTURE.md): artifacts are grouped by family (D, Lite) and ordered by φ; each is
 measured end to end (preprocess + inference + decode + NMS) after warm-up on a frame of the size
 the caller will send; the walk goes up in φ and stops at the first variant with no artifact
 within budget (a bigger φ is never faster). Among the artifacts of one φ that fit, the most

@@ -1,6 +1,6 @@
 """The artifact manifest: what a converted model is, how to feed it and decode it, and its hashes.
 
-This module is the single definition of the schema (DESIGN.md, rule 2). The converters write a
+This module is the single definition of the schema (docs/ARCHITECTURE.md, rule 2). The converters write a
 ``manifest.json`` beside every model file; the runtime reads it and needs nothing else. Stdlib
 only (plus :mod:`edgedet.config`, itself stdlib only), so the torch-free runtime can import it.
 

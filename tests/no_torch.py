@@ -1,5 +1,5 @@
 """Run the whole runtime (selection by budget, detection) in a subprocess whose import of torch
-fails: DESIGN.md rule 1. Used by each backend's tests with that backend's real artifacts."""
+fails: docs/ARCHITECTURE.md rule 1. Used by each backend's tests with that backend's real artifacts."""
 from __future__ import annotations
 
 import json

@@ -16,7 +16,7 @@ outputs have std 2 (logits) and 0.5 (box regressions)):
   0.95 / 0.81, cls max abs 0.62 / 2.1, score max abs 0.13 / 0.36. Asserted (about 4x the measured
   1 - cosine): cls cosine >= 0.995, box cosine >= 0.98, top-100 >= 0.6, score max abs <= 0.6.
   A random network quantizes worse than a trained one (the published D0: box cosine 0.9998,
-  STACK.md); see converters.weights.
+  docs/TOOLCHAIN.md); see converters.weights.
 * INT8 accuracy-aware (one dedicated test, D0, converters.int8 with the onnxruntime recipe, target
   detection AP50 >= 0.5, cls >= 0.999, box >= 0.995 on 4 validation frames): the fully quantized
   model misses it (box cosine 0.9924 there, shortfall 1.52); the search (8 quantizations, the

@@ -1,4 +1,4 @@
-"""The runtime works where torch cannot be imported (DESIGN.md, rule 1): every backend, selection
+"""The runtime works where torch cannot be imported (docs/ARCHITECTURE.md, rule 1): every backend, selection
 by budget, and detection, in a subprocess whose import of torch fails. OpenVINO and TFLite run the
 same check on their artifacts in their own test modules."""
 from __future__ import annotations
@@ -24,7 +24,7 @@ def test_onnxruntime_runtime_without_torch(onnx_exports):
 
 
 def test_only_the_model_and_the_torch_backend_import_torch():
-    """DESIGN.md rule 1, in the source: no module of the runtime imports torch, even lazily."""
+    """docs/ARCHITECTURE.md rule 1, in the source: no module of the runtime imports torch, even lazily."""
     import ast
     from pathlib import Path
 

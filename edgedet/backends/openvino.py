@@ -19,7 +19,7 @@ class OpenVinoBackend(Backend):
     """An OpenVINO IR (.xml + .bin) compiled for one device.
 
     ``inference_precision`` pins the precision the CPU plug-in computes in: OpenVINO runs FP32 IR
-    in bf16 on CPUs with AVX-512 BF16 unless told ``"f32"`` (STACK.md), so the converter's
+    in bf16 on CPUs with AVX-512 BF16 unless told ``"f32"`` (docs/TOOLCHAIN.md), so the converter's
     manifest says which one the artifact was verified with.
     """
 

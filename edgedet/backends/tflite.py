@@ -11,7 +11,7 @@ try:
     from ai_edge_litert import interpreter as _litert
 
     _RUNTIME, _VERSION_OF = "ai-edge-litert", "ai_edge_litert"
-except ImportError:  # older devices: the legacy runtime (slower INT8, numpy<2 only, see STACK.md)
+except ImportError:  # older devices: the legacy runtime (slower INT8, numpy<2 only, see docs/TOOLCHAIN.md)
     try:
         from tflite_runtime import interpreter as _litert
 

@@ -5,7 +5,7 @@ metadata names the variant, class count, input size and fusion, so the file alon
 model (loaded with ``weights_only=True``: checkpoints are data, never code). It is what the other
 backends are measured against, on a workstation or a GPU; devices use onnxruntime, OpenVINO or
 TFLite. The Detector uses it only when asked for (``backend="torch"``), and this module (and so
-torch) is imported only then (DESIGN.md, rule 1).
+torch) is imported only then (docs/ARCHITECTURE.md, rule 1).
 
 A live module (being trained, evaluated or benchmarked) runs the same way, through the same
 :class:`~edgedet.pipeline.Pipeline` as every artifact::

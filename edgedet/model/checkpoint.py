@@ -1,6 +1,6 @@
 """Checkpoints: the registry of published effdet weights, loading, checking and saving.
 
-Checkpoints are data, never code (DESIGN.md): every file is read with
+Checkpoints are data, never code (docs/ARCHITECTURE.md): every file is read with
 ``torch.load(..., weights_only=True)``, and downloads are checked against the sha256 prefix that
 effdet file names carry (``tf_efficientdet_d0_34-f153e0cf.pth``). Downloads are cached in
 ``edgedet.hub.cache_dir() / "checkpoints"`` (``~/.cache/edgedet/checkpoints`` unless
