@@ -13,7 +13,7 @@ CLI: ``edgedet-convert --help`` (or ``python -m converters --help``).
 torch and the exporters' packages are imported lazily, when an export needs them.
 """
 from converters.base import EXPORTERS, ArtifactIO, ConvertError, Exporter, get_exporter, register_exporter
-from converters.calibration import Calibration, CalibrationError, open_source
+from converters.calibration import Calibration, CalibrationError, CalibrationSource, open_calibration_source
 from converters.onnx_exporter import OnnxExporter
 from converters.openvino_exporter import OpenVinoExporter
 from converters.tflite_exporter import TfliteExporter
@@ -27,6 +27,7 @@ __all__ = [
     "ArtifactResult",
     "Calibration",
     "CalibrationError",
+    "CalibrationSource",
     "ConvertError",
     "ConvertReport",
     "Exporter",
@@ -37,7 +38,7 @@ __all__ = [
     "WeightsError",
     "convert",
     "get_exporter",
-    "open_source",
+    "open_calibration_source",
     "parse_variants",
     "register_exporter",
 ]

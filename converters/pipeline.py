@@ -295,7 +295,7 @@ class _Plan:
     labels: dict[str, tuple[str, ...]]
     image_sizes: dict[str, int]
     calibration: calib.Calibration | None
-    holdout: calib.FrameSource
+    holdout: calib.CalibrationSource
     out_dir: Path
 
 
@@ -410,7 +410,7 @@ def _check_packages(instances: list[Exporter], format_names: list[str]) -> None:
 
 
 def _open_calibration(calibration: str | os.PathLike[str] | None, count: int, instances: list[Exporter],
-                      precision_names: list[str]) -> tuple[calib.Calibration | None, calib.FrameSource]:
+                      precision_names: list[str]) -> tuple[calib.Calibration | None, calib.CalibrationSource]:
     """The calibration set (None if no source was given) and the source of held-out frames for
     the parity check (the calibration source's, else synthetic scenes)."""
     needs_calibration = any(p in e.calibrated_precisions for e in instances for p in precision_names)
@@ -424,7 +424,7 @@ def _open_calibration(calibration: str | os.PathLike[str] | None, count: int, in
                                "latency tests, not for accuracy), or drop int8 from --precisions")
         return None, calib.SyntheticSource(0)
     try:
-        source = calib.open_source(calibration)
+        source = calib.open_calibration_source(calibration)
     except calib.CalibrationError as exc:
         raise ConvertError(str(exc)) from None
     return calib.Calibration(source, count), source

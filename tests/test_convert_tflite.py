@@ -38,7 +38,7 @@ import pytest
 import torch
 
 from converters import EXPORTERS, ConvertError, convert, get_exporter
-from converters.calibration import Calibration, SyntheticSource, open_source, synthetic_frame
+from converters.calibration import Calibration, SyntheticSource, open_calibration_source, synthetic_frame
 from converters.tflite_exporter import DEFAULT_ACCURACY_TARGETS, TfliteExporter, _convert_module
 from converters.verify import measure_parity, reference_outputs
 from converters.weights import build_model, resolve_weights
@@ -92,7 +92,7 @@ def torch_models():
 def variants(exported, torch_models, tmp_path_factory):
     """The INT8 option variants of each model: files, specs, parity on the pipeline's held-out frames."""
     _, _, exporter = exported
-    calibration = Calibration(open_source("synthetic"), 8)
+    calibration = Calibration(open_calibration_source("synthetic"), 8)
     results = {}
     for variant, model in torch_models.items():
         reference = reference_outputs(model, SyntheticSource(0).holdout_frames(4), description="held out")
