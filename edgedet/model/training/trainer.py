@@ -113,9 +113,11 @@ class Trainer:
     it, evaluating and checkpointing on the way.
 
     Extension points, for a data-parallel (torchrun) subclass: :meth:`make_loader` (shard the
-    batches per rank), :meth:`train_step` (the forward/backward of one batch), and the steps a
-    data-parallel run does on rank 0 only: :meth:`evaluate`, :meth:`record` (history, ``best.pth``,
-    logging) and :meth:`save_last`; :attr:`is_main` says whether this process shows progress.
+    batches per rank), :meth:`train_step` (forward/backward of one batch: through a
+    ``DistributedDataParallel`` wrapper, while :attr:`model` stays the bare module that
+    checkpoints save), and the steps such a run does on rank 0 only: :meth:`evaluate`,
+    :meth:`record` (history, ``best.pth``, logging) and :meth:`save_last`; :attr:`is_main` says
+    whether this process shows progress.
 
     Args:
         config: the run's settings (:meth:`TrainConfig.create`).
