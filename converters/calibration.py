@@ -150,7 +150,24 @@ def synthetic_frame(seed: int, index: int, size: tuple[int, int] | None = None) 
     """
     w, h = size or _SYNTHETIC_SIZES[index % len(_SYNTHETIC_SIZES)]
     image, _ = render(int(index), SyntheticConfig(image_size=(w, h), seed=int(seed) & 0xFFFFFFFF))
-    return image
+    return _auto_levels(image)
+
+
+def _auto_levels(image: np.ndarray, clip: float = 0.005) -> np.ndarray:
+    """Stretch ``image``'s levels so that a ``clip`` fraction of its values saturates at each end,
+    as a camera's auto exposure does.
+
+    Why: the scenes' random lighting leaves some dark or flat, and INT8 calibrators average each
+    frame's extremes (ai-edge-quantizer: a moving average), so such frames would narrow the
+    input's quantization range below the pixel range every real frame can reach.
+    """
+    counts = np.cumsum(np.bincount(image.reshape(-1), minlength=256))
+    lo = int(np.searchsorted(counts, clip * counts[-1]))
+    hi = int(np.searchsorted(counts, (1 - clip) * counts[-1]))
+    if hi <= lo:
+        return image
+    lut = np.clip((np.arange(256) - lo) * 255.0 / (hi - lo) + 0.5, 0, 255).astype(np.uint8)
+    return cv2.LUT(image, lut)
 
 
 # ------------------------------------------------------------------------------------ folder
