@@ -112,10 +112,10 @@ def _from_checkpoint(variant: str, path: Path, kind: str, calibration: str) -> V
         calibration = "synthetic"
         images = _existing(cfg.get("train_images"), base)
         if images is not None:
-            from converters.calibration import CalibrationError, open_source
+            from converters.calibration import CalibrationError, open_calibration_source
 
             try:
-                open_source(images)
+                open_calibration_source(images)
                 calibration = str(images)
             except CalibrationError as exc:
                 log.info("%s: training images %s not usable for calibration (%s); using synthetic",

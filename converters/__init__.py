@@ -16,7 +16,7 @@ against one :class:`~converters.accuracy.AccuracyTarget`); each exporter supplie
 torch and the exporters' packages are imported lazily, when an export needs them.
 """
 from converters.base import EXPORTERS, ArtifactIO, ConvertError, Exporter, get_exporter, register_exporter
-from converters.calibration import Calibration, CalibrationError, open_source
+from converters.calibration import Calibration, CalibrationError, CalibrationSource, open_calibration_source
 from converters.onnx_exporter import OnnxExporter
 from converters.openvino_exporter import OpenVinoExporter
 from converters.tflite_exporter import TfliteExporter
@@ -30,6 +30,7 @@ __all__ = [
     "ArtifactResult",
     "Calibration",
     "CalibrationError",
+    "CalibrationSource",
     "ConvertError",
     "ConvertReport",
     "Exporter",
@@ -40,7 +41,7 @@ __all__ = [
     "WeightsError",
     "convert",
     "get_exporter",
-    "open_source",
+    "open_calibration_source",
     "parse_variants",
     "register_exporter",
 ]

@@ -1,4 +1,4 @@
-"""Images for calibration (INT8) and for parity checks: a folder, a video, or a synthetic generator.
+"""Images for calibration (INT8) and for parity checks: a folder, a video, or synthetic scenes.
 
 Every source yields BGR uint8 frames (OpenCV's convention) and splits its images into two
 disjoint sets: ``calibration_frames`` (what quantization sees) and ``holdout_frames`` (what
@@ -8,9 +8,14 @@ verification compares on), so parity is never measured on the calibration images
   draws evenly spaced files from the rest.
 * ``VIDEO``: a video file read with ``cv2.VideoCapture``; the last 10% of frames are held out,
   calibration takes evenly spaced frames from the first 90%.
-* ``synthetic`` (or ``synthetic:SEED``): a deterministic built-in generator of scene-like images
-  (gradient backgrounds, textures, rectangles, ellipses, polygons, lines, blur and noise) — a
-  stand-in until a proper synthetic data set lands. Held-out images come from another seed stream.
+* ``synthetic`` (or ``synthetic:SEED``): the project's scenes (:mod:`edgedet.data.synthetic`: 1-20
+  shaded shapes of many scales over textured, lit backgrounds, with occlusion, blur, noise and
+  JPEG artifacts; what the reference models are trained on) at camera-like sizes. Held-out images
+  come from another seed stream.
+
+A source is a :class:`CalibrationSource` (not the runtime's :class:`edgedet.video.FrameSource`,
+which streams live frames: calibration needs a frame count and frames at exact positions, split
+into calibration and held-out parts); :func:`open_calibration_source` opens one.
 
 Frames become network input only through :func:`edgedet.preprocess.preprocess`, so an artifact is
 calibrated exactly as the runtime will feed it.
@@ -27,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgedet.data.synthetic import GENERATOR_VERSION, SyntheticConfig, render
 from edgedet.manifest import CalibrationInfo
 from edgedet.preprocess import preprocess
 
@@ -35,19 +41,22 @@ __all__ = [
     "VIDEO_SUFFIXES",
     "Calibration",
     "CalibrationError",
+    "CalibrationSource",
     "FolderSource",
-    "FrameSource",
     "SyntheticSource",
     "VideoSource",
-    "open_source",
+    "open_calibration_source",
     "synthetic_frame",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-#: Bump when the synthetic generator changes its images (part of every export key that uses it).
-SYNTHETIC_VERSION = 1
-#: Frame sizes the synthetic generator cycles through (width, height): camera-like aspects.
+#: Bump when the synthetic frames change here (part of every export key that uses them, with
+#: edgedet.data.synthetic's GENERATOR_VERSION). 2: edgedet.data.synthetic's scenes.
+SYNTHETIC_VERSION = 2
+#: What identifies the synthetic frames in keys: changes with either version.
+SYNTHETIC_KEY = f"v{SYNTHETIC_VERSION}.{GENERATOR_VERSION}"
+#: Frame sizes the synthetic frames cycle through (width, height): camera-like aspects.
 _SYNTHETIC_SIZES = ((640, 480), (480, 640), (800, 600), (512, 512), (1280, 720))
 _HOLDOUT_STREAM = 1_000_003  # seed offset of the held-out synthetic images
 
@@ -56,7 +65,7 @@ class CalibrationError(ValueError):
     """A calibration source cannot be used (missing, unreadable, too few images)."""
 
 
-class FrameSource(ABC):
+class CalibrationSource(ABC):
     """Where calibration and held-out frames come from."""
 
     #: Short description recorded in manifests (``synthetic:0``, ``DIR (120 images)``...).
@@ -88,7 +97,7 @@ class FrameSource(ABC):
 class Calibration:
     """Calibration data for one conversion run: ``count`` frames of ``source``."""
 
-    source: FrameSource
+    source: CalibrationSource
     count: int
 
     @property
@@ -114,7 +123,7 @@ class Calibration:
 # ------------------------------------------------------------------------------------ synthetic
 
 
-class SyntheticSource(FrameSource):
+class SyntheticSource(CalibrationSource):
     """Deterministic scene-like images; frame ``i`` of seed ``s`` is always the same image."""
 
     def __init__(self, seed: int = 0) -> None:
@@ -130,75 +139,41 @@ class SyntheticSource(FrameSource):
             yield synthetic_frame(self.seed + _HOLDOUT_STREAM, i)
 
     def fingerprint(self) -> str:
-        return f"synthetic-v{SYNTHETIC_VERSION}:{self.seed}"
+        return f"synthetic-{SYNTHETIC_KEY}:{self.seed}"
 
 
 def synthetic_frame(seed: int, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One synthetic BGR uint8 scene: frame ``index`` of stream ``seed`` (deterministic).
+    """Scene ``index`` of stream ``seed`` of :mod:`edgedet.data.synthetic` (deterministic), BGR uint8.
 
     ``size`` is (width, height); by default it cycles through camera-like sizes so that
-    letterboxing is exercised. Objects of many scales, colors and textures over a lit background,
-    then blur and sensor noise: enough structure to exercise every channel's activation range.
+    letterboxing is exercised.
     """
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     w, h = size or _SYNTHETIC_SIZES[index % len(_SYNTHETIC_SIZES)]
-    # Background: a two-color linear gradient (sky/floor-like), plus low-frequency texture.
-    top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-    img = (top * (1 - t) + bottom * t).astype(np.float32) * np.ones((1, w, 1), np.float32)
-    coarse = rng.normal(0, 25, (max(2, h // 32), max(2, w // 32), 3)).astype(np.float32)
-    img += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    img = np.clip(img, 0, 255).astype(np.uint8)
+    image, _ = render(int(index), SyntheticConfig(image_size=(w, h), seed=int(seed) & 0xFFFFFFFF))
+    return _auto_levels(image)
 
-    for _ in range(int(rng.integers(6, 24))):
-        color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        # Log-uniform object size: from ~2% to ~60% of the short side.
-        side = float(np.exp(rng.uniform(np.log(0.02), np.log(0.6)))) * min(w, h)
-        cx, cy = float(rng.uniform(0, w)), float(rng.uniform(0, h))
-        aspect = float(np.exp(rng.uniform(-0.8, 0.8)))
-        bw, bh = max(2.0, side * aspect), max(2.0, side / aspect)
-        kind = int(rng.integers(0, 4))
-        if kind == 0:  # filled rectangle, maybe with an outline
-            p1 = (int(cx - bw / 2), int(cy - bh / 2))
-            p2 = (int(cx + bw / 2), int(cy + bh / 2))
-            cv2.rectangle(img, p1, p2, color, -1)
-            if rng.random() < 0.5:
-                cv2.rectangle(img, p1, p2, tuple(255 - c for c in color), int(rng.integers(1, 4)))
-        elif kind == 1:  # ellipse
-            cv2.ellipse(img, (int(cx), int(cy)), (int(bw / 2), int(bh / 2)),
-                        float(rng.uniform(0, 180)), 0, 360, color, -1)
-        elif kind == 2:  # convex polygon
-            n = int(rng.integers(3, 7))
-            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-            pts = np.stack([cx + np.cos(angles) * bw / 2, cy + np.sin(angles) * bh / 2], axis=1)
-            cv2.fillPoly(img, [pts.astype(np.int32)], color)
-        else:  # textured patch: stripes or checkerboard
-            x0, y0 = int(max(0, cx - bw / 2)), int(max(0, cy - bh / 2))
-            x1, y1 = int(min(w, cx + bw / 2)), int(min(h, cy + bh / 2))
-            if x1 - x0 >= 2 and y1 - y0 >= 2:
-                period = int(rng.integers(2, 16))
-                yy, xx = np.mgrid[y0:y1, x0:x1]
-                if rng.random() < 0.5:
-                    mask = ((xx + yy) // period) % 2 == 0
-                else:
-                    mask = ((xx // period) + (yy // period)) % 2 == 0
-                patch = img[y0:y1, x0:x1]
-                patch[mask] = color
-    for _ in range(int(rng.integers(0, 6))):  # thin lines (poles, edges)
-        p1 = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
-        p2 = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
-        cv2.line(img, p1, p2, tuple(int(c) for c in rng.integers(0, 256, 3)), int(rng.integers(1, 5)))
 
-    if rng.random() < 0.5:
-        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.5)))
-    noise = rng.normal(0, float(rng.uniform(2, 8)), img.shape)
-    return np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+def _auto_levels(image: np.ndarray, clip: float = 0.005) -> np.ndarray:
+    """Stretch ``image``'s levels so that a ``clip`` fraction of its values saturates at each end,
+    as a camera's auto exposure does.
+
+    Why: the scenes' random lighting leaves some dark or flat, and INT8 calibrators average each
+    frame's extremes (ai-edge-quantizer: a moving average), so such frames would narrow the
+    input's quantization range below the pixel range every real frame can reach.
+    """
+    counts = np.cumsum(np.bincount(image.reshape(-1), minlength=256))
+    lo = int(np.searchsorted(counts, clip * counts[-1]))
+    hi = int(np.searchsorted(counts, (1 - clip) * counts[-1]))
+    if hi <= lo:
+        return image
+    lut = np.clip((np.arange(256) - lo) * 255.0 / (hi - lo) + 0.5, 0, 255).astype(np.uint8)
+    return cv2.LUT(image, lut)
 
 
 # ------------------------------------------------------------------------------------ folder
 
 
-class FolderSource(FrameSource):
+class FolderSource(CalibrationSource):
     """The image files of a directory (not recursive), sorted by name."""
 
     def __init__(self, directory: str | os.PathLike[str], *, holdout: int = 4) -> None:
@@ -262,7 +237,7 @@ def _evenly_spaced(items: list, count: int) -> list:
 # ------------------------------------------------------------------------------------ video
 
 
-class VideoSource(FrameSource):
+class VideoSource(CalibrationSource):
     """Frames of a video file; the last 10% are held out."""
 
     HOLDOUT_FRACTION = 0.1
@@ -330,7 +305,7 @@ class VideoSource(FrameSource):
 # ------------------------------------------------------------------------------------ dispatch
 
 
-def open_source(spec: str | os.PathLike[str], *, holdout: int = 4) -> FrameSource:
+def open_calibration_source(spec: str | os.PathLike[str], *, holdout: int = 4) -> CalibrationSource:
     """The frame source named by ``spec``: ``synthetic[:SEED]``, a directory, or a video file."""
     text = os.fspath(spec)
     if text == "synthetic" or text.startswith("synthetic:"):

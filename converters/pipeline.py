@@ -295,7 +295,7 @@ class _Plan:
     labels: dict[str, tuple[str, ...]]
     image_sizes: dict[str, int]
     calibration: calib.Calibration | None
-    holdout: calib.FrameSource
+    holdout: calib.CalibrationSource
     out_dir: Path
 
 
@@ -305,27 +305,72 @@ INT8_MODES = ("full", "accuracy-aware")
 def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calibration_count,
           allow_random, force, num_classes, labels, seed, exporters, image_size=None, int8_mode=None,
           exporter_options=None) -> _Plan:
+    """Check the whole request and list its jobs, before anything is exported (see :func:`convert`).
+
+    The checks run in this order, so the first mistake of a request is the one reported. ``force``
+    does not change the plan (it is :func:`convert`'s; accepted for symmetry with it).
+    """
     names = parse_variants(variants)
-    format_names = parse_list(formats)
-    if not format_names:
+    format_names, precision_names = _parse_formats(formats), _parse_precisions(precisions)
+    int8_mode = _int8_mode(int8_mode, weights)
+    _check_image_size(image_size)
+    instances = _make_exporters(format_names, precision_names, int8_mode, exporter_options, exporters)
+    _check_packages(instances, format_names)
+    calibration_set, holdout = _open_calibration(calibration, calibration_count, instances, precision_names)
+    resolved, classes = _resolve_all_weights(weights, names, num_classes, allow_random=allow_random, seed=seed)
+    sizes, label_sets = {}, {}
+    for variant in names:
+        sizes[variant] = _image_size(variant, image_size, resolved[variant])
+        label_sets[variant] = _labels(variant, labels, classes[variant], resolved[variant])
+    root = _output_root(out_dir)
+    jobs = [_job(variant, exporter, precision, root, sizes[variant], classes[variant], label_sets[variant],
+                 resolved[variant], calibration_set)
+            for variant in names for exporter in instances
+            for precision in exporter.precisions  # build order: fp32 first (its graph is reused)
+            if precision in precision_names]
+    return _Plan(names, instances, jobs, resolved, classes, label_sets, sizes, calibration_set, holdout, root)
+
+
+def _parse_formats(formats: str | Sequence[str]) -> list[str]:
+    names = parse_list(formats)
+    if not names:
         raise ConvertError("no formats given (e.g. --formats onnx)")
-    precision_names = parse_list(precisions)
-    if not precision_names:
+    return names
+
+
+def _parse_precisions(precisions: str | Sequence[str]) -> list[str]:
+    names = parse_list(precisions)
+    if not names:
         raise ConvertError("no precisions given (e.g. --precisions fp32,int8)")
-    unknown = [p for p in precision_names if p not in PRECISIONS]
+    unknown = [p for p in names if p not in PRECISIONS]
     if unknown:
         raise ConvertError(f"unknown precision {unknown[0]!r}; valid: {', '.join(PRECISIONS)}")
+    return names
 
+
+def _int8_mode(int8_mode: str | None, weights: str) -> str | None:
+    """The INT8 mode asked for, checked; ``"full"`` by default for random weights."""
     if int8_mode is not None and int8_mode not in INT8_MODES:
         raise ConvertError(f"unknown int8 mode {int8_mode!r}; valid: {', '.join(INT8_MODES)}")
     if int8_mode is None and weights == RANDOM:
         # An accuracy search on random weights would chase the agreement of a network that detects
         # nothing; the float layers it keeps would only distort the latency these artifacts are for
         # (and the search took 100 s of D1's 106 s ONNX INT8 export).
-        int8_mode = "full"
+        return "full"
+    return int8_mode
+
+
+def _check_image_size(image_size: int | str | None) -> None:
     if image_size is not None and image_size != "native" and (
             isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32):
         raise ConvertError(f"image size must be 'native' or a positive multiple of 32, got {image_size!r}")
+
+
+def _make_exporters(format_names: list[str], precision_names: list[str], int8_mode: str | None,
+                    exporter_options: Mapping[str, Mapping[str, Any]] | None,
+                    exporters: Mapping[str, Exporter] | None) -> list[Exporter]:
+    """One exporter per format (a given instance, else the registered class with its options),
+    each checked to make every requested precision."""
     stray = sorted(set(exporter_options or {}) - set(format_names))
     if stray:
         raise ConvertError(f"options given for {', '.join(stray)}, which is not among --formats "
@@ -334,45 +379,60 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
     for name in format_names:
         exporter = (exporters or {}).get(name)
         if exporter is None:
-            cls = get_exporter(name)
-            kwargs = dict((exporter_options or {}).get(name, {}))
-            if int8_mode is not None and "int8" in cls.precisions:
-                kwargs.setdefault("accuracy_aware", int8_mode == "accuracy-aware")
-            try:
-                exporter = cls(**kwargs)
-            except TypeError as exc:
-                raise ConvertError(f"bad options for format {name}: {exc}") from None
-            except ValueError as exc:
-                raise ConvertError(f"{name}: {exc}") from None
+            exporter = _new_exporter(name, dict((exporter_options or {}).get(name, {})), int8_mode)
         instances.append(exporter)
         unsupported = [p for p in precision_names if p not in exporter.precisions]
         if unsupported:
             raise ConvertError(f"format {name} does not make {', '.join(unsupported)} "
                                f"(it makes {', '.join(exporter.precisions)}); drop it from --precisions "
                                f"or convert that format separately")
+    return instances
+
+
+def _new_exporter(name: str, kwargs: dict[str, Any], int8_mode: str | None) -> Exporter:
+    cls = get_exporter(name)
+    if int8_mode is not None and "int8" in cls.precisions:
+        kwargs.setdefault("accuracy_aware", int8_mode == "accuracy-aware")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConvertError(f"bad options for format {name}: {exc}") from None
+    except ValueError as exc:
+        raise ConvertError(f"{name}: {exc}") from None
+
+
+def _check_packages(instances: list[Exporter], format_names: list[str]) -> None:
     missing = sorted({dist for e in instances for dist in e.missing_packages()}
                      | ({"torch"} if _missing("torch") else set()))
     if missing:
         raise ConvertError(f"missing packages for {', '.join(format_names)}: {', '.join(missing)}; "
                            f"install the converter dependencies with: {INSTALL_HINT}")
 
-    needs_calibration = any(p in e.calibrated_precisions for e in instances for p in precision_names)
-    if calibration_count < 1:
-        raise ConvertError(f"calibration_count must be at least 1, got {calibration_count}")
-    source = None
-    if calibration is not None:
-        try:
-            source = calib.open_source(calibration)
-        except calib.CalibrationError as exc:
-            raise ConvertError(str(exc)) from None
-    elif needs_calibration:
-        raise ConvertError("int8 needs calibration images: pass --calibration DIR (a folder of "
-                           "images like those the model will see), --calibration VIDEO, or "
-                           "--calibration synthetic (built-in scenes; fine for random weights and "
-                           "latency tests, not for accuracy), or drop int8 from --precisions")
-    calibration_set = calib.Calibration(source, calibration_count) if source is not None else None
-    holdout = source if source is not None else calib.SyntheticSource(0)
 
+def _open_calibration(calibration: str | os.PathLike[str] | None, count: int, instances: list[Exporter],
+                      precision_names: list[str]) -> tuple[calib.Calibration | None, calib.CalibrationSource]:
+    """The calibration set (None if no source was given) and the source of held-out frames for
+    the parity check (the calibration source's, else synthetic scenes)."""
+    needs_calibration = any(p in e.calibrated_precisions for e in instances for p in precision_names)
+    if count < 1:
+        raise ConvertError(f"calibration_count must be at least 1, got {count}")
+    if calibration is None:
+        if needs_calibration:
+            raise ConvertError("int8 needs calibration images: pass --calibration DIR (a folder of "
+                               "images like those the model will see), --calibration VIDEO, or "
+                               "--calibration synthetic (built-in scenes; fine for random weights and "
+                               "latency tests, not for accuracy), or drop int8 from --precisions")
+        return None, calib.SyntheticSource(0)
+    try:
+        source = calib.open_calibration_source(calibration)
+    except calib.CalibrationError as exc:
+        raise ConvertError(str(exc)) from None
+    return calib.Calibration(source, count), source
+
+
+def _resolve_all_weights(weights: str, names: list[str], num_classes: int | None, *, allow_random: bool,
+                         seed: int) -> tuple[dict[str, ResolvedWeights], dict[str, int]]:
+    """Each variant's weights and class count, checked to fit the variant."""
     if not weights:
         raise ConvertError("no weights given: pass published, random, a checkpoint path, URL or name")
     resolved: dict[str, ResolvedWeights] = {}
@@ -390,25 +450,34 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
         if not w.random:
             _check_fit(variant, n, w)
         resolved[variant], classes[variant] = w, n
-    label_sets = {}
-    sizes = {}
-    for variant in names:
-        n = classes[variant]
-        native = get_config(variant).image_size
-        sizes[variant] = (native if image_size == "native" else
-                          image_size or resolved[variant].trained_image_size or native)
-        if sizes[variant] % 32:
-            raise ConvertError(f"{variant}: the checkpoint was trained at {sizes[variant]} px, not a "
-                               f"multiple of 32; pass --image-size")
-        if labels is None:
-            names_in_checkpoint = resolved[variant].class_names
-            label_sets[variant] = (names_in_checkpoint if names_in_checkpoint and len(names_in_checkpoint) == n
-                                   else tuple(f"class_{i}" for i in range(n)))
-        else:
-            if len(labels) != n:
-                raise ConvertError(f"{len(labels)} labels given but {variant} has {n} classes")
-            label_sets[variant] = tuple(str(x) for x in labels)
+    return resolved, classes
 
+
+def _image_size(variant: str, image_size: int | str | None, weights: ResolvedWeights) -> int:
+    """The input side of ``variant``'s artifacts: asked for, else the size the checkpoint was
+    trained at, else the variant's own."""
+    native = get_config(variant).image_size
+    size = native if image_size == "native" else image_size or weights.trained_image_size or native
+    if size % 32:
+        raise ConvertError(f"{variant}: the checkpoint was trained at {size} px, not a "
+                           f"multiple of 32; pass --image-size")
+    return size
+
+
+def _labels(variant: str, labels: Sequence[str] | None, num_classes: int,
+            weights: ResolvedWeights) -> tuple[str, ...]:
+    """The class names: given, else the checkpoint's (if there is one per class), else ``class_N``."""
+    if labels is None:
+        in_checkpoint = weights.class_names
+        if in_checkpoint and len(in_checkpoint) == num_classes:
+            return in_checkpoint
+        return tuple(f"class_{i}" for i in range(num_classes))
+    if len(labels) != num_classes:
+        raise ConvertError(f"{len(labels)} labels given but {variant} has {num_classes} classes")
+    return tuple(str(x) for x in labels)
+
+
+def _output_root(out_dir: str | os.PathLike[str]) -> Path:
     root = Path(out_dir).expanduser()
     if root.exists() and not root.is_dir():
         raise ConvertError(f"output {root} exists and is not a directory")
@@ -416,26 +485,23 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConvertError(f"cannot create output directory {root}: {exc}") from None
+    return root
 
-    jobs = []
-    for variant in names:
-        for exporter in instances:
-            for precision in exporter.precisions:  # build order: fp32 first (its graph is reused)
-                if precision not in precision_names:
-                    continue
-                calibrated = precision in exporter.calibrated_precisions
-                key = export_key(
-                    pipeline=PIPELINE_REVISION,
-                    exporter=f"{type(exporter).__module__}.{type(exporter).__qualname__}:r{exporter.revision}",
-                    variant=variant, image_size=sizes[variant], num_classes=classes[variant],
-                    labels=label_sets[variant], weights=resolved[variant].key,
-                    backend=exporter.backend, precision=precision,
-                    calibration=calibration_set.key if calibrated and calibration_set else None,
-                    tools=exporter.tool_versions(), options=exporter.options(precision),
-                )
-                jobs.append(_Job(variant, exporter, precision, key,
-                                 artifact_dir(root, variant, exporter.backend, precision), calibrated))
-    return _Plan(names, instances, jobs, resolved, classes, label_sets, sizes, calibration_set, holdout, root)
+
+def _job(variant: str, exporter: Exporter, precision: str, root: Path, image_size: int, num_classes: int,
+         labels: tuple[str, ...], weights: ResolvedWeights, calibration: calib.Calibration | None) -> _Job:
+    """One artifact to build, with the export key that says when it is up to date."""
+    calibrated = precision in exporter.calibrated_precisions
+    key = export_key(
+        pipeline=PIPELINE_REVISION,
+        exporter=f"{type(exporter).__module__}.{type(exporter).__qualname__}:r{exporter.revision}",
+        variant=variant, image_size=image_size, num_classes=num_classes, labels=labels, weights=weights.key,
+        backend=exporter.backend, precision=precision,
+        calibration=calibration.key if calibrated and calibration else None,
+        tools=exporter.tool_versions(), options=exporter.options(precision),
+    )
+    return _Job(variant, exporter, precision, key, artifact_dir(root, variant, exporter.backend, precision),
+                calibrated)
 
 
 def _missing(module: str) -> bool:

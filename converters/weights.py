@@ -56,7 +56,8 @@ __all__ = ["RANDOM", "PUBLISHED", "ResolvedWeights", "WeightsError", "realistic_
 RANDOM = "random"
 PUBLISHED = "published"
 #: Bump when realistic_random_ changes the weights it makes (part of the export key).
-RANDOM_RECIPE_VERSION = 2  # 2: class prior shifted to CANDIDATES_PER_IMAGE
+#: The key also names the synthetic scenes the statistics are fitted on (calibration.SYNTHETIC_KEY).
+RANDOM_RECIPE_VERSION = 3  # 2: class prior shifted to CANDIDATES_PER_IMAGE; 3: edgedet.data.synthetic scenes
 #: Scores above the runtime's threshold per image that realistic random weights give (on the
 #: scenes they are fitted on). A trained detector has tens to a few hundred on a busy scene (the
 #: reference Lite0 and D0: 14-220); the focal-loss prior alone let ~3% of all pairs through
@@ -87,7 +88,9 @@ class ResolvedWeights:
     def key(self) -> str:
         """What identifies these weights in an export key."""
         if self.random:
-            return f"random-v{RANDOM_RECIPE_VERSION}:seed={self.seed}"
+            from converters.calibration import SYNTHETIC_KEY
+
+            return f"random-v{RANDOM_RECIPE_VERSION}-{SYNTHETIC_KEY}:seed={self.seed}"
         return f"sha256:{self.sha256}"
 
 

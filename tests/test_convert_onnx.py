@@ -44,7 +44,7 @@ import torch
 
 from converters import CalibrationError, ConvertError, OnnxExporter, convert
 from converters.accuracy import AccuracyTarget
-from converters.calibration import FolderSource, SyntheticSource, VideoSource, open_source, synthetic_frame
+from converters.calibration import FolderSource, SyntheticSource, VideoSource, open_calibration_source, synthetic_frame
 from converters.cli import main
 from converters.onnx_exporter import recorded
 from converters.verify import DETECTION_AP_RANDOM_INT8
@@ -577,7 +577,7 @@ def test_module_entry_point_runs():
 
 
 def test_synthetic_source_is_deterministic_and_disjoint():
-    source = open_source("synthetic")
+    source = open_calibration_source("synthetic")
     assert isinstance(source, SyntheticSource)
     a = list(source.calibration_frames(3))
     b = list(source.calibration_frames(3))
@@ -586,7 +586,7 @@ def test_synthetic_source_is_deterministic_and_disjoint():
     assert not any(np.array_equal(x, y) for x in a for y in held if x.shape == y.shape)
     assert all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in a + held)
     assert a[0].std() > 20  # scene-like, not flat
-    assert not np.array_equal(next(open_source("synthetic:1").calibration_frames(1)), a[0])
+    assert not np.array_equal(next(open_calibration_source("synthetic:1").calibration_frames(1)), a[0])
 
 
 def test_folder_source(tmp_path):
@@ -595,7 +595,7 @@ def test_folder_source(tmp_path):
     for i in range(10):
         cv2.imwrite(str(tmp_path / f"img_{i:02d}.jpg"), synthetic_frame(7, i, size=(64, 48)))
     (tmp_path / "notes.txt").write_text("not an image")
-    source = open_source(tmp_path)
+    source = open_calibration_source(tmp_path)
     assert isinstance(source, FolderSource)
     assert source.calibration_count(100) == 8  # 2 of 10 held out
     assert len(list(source.calibration_frames(100))) == 8
@@ -603,7 +603,7 @@ def test_folder_source(tmp_path):
     assert [f.shape for f in source.calibration_frames(3)] == [(48, 64, 3)] * 3
     (tmp_path / "empty").mkdir()
     with pytest.raises(CalibrationError, match="holds no images"):
-        open_source(tmp_path / "empty")
+        open_calibration_source(tmp_path / "empty")
 
 
 def test_video_source(tmp_path):
@@ -614,7 +614,7 @@ def test_video_source(tmp_path):
     for i in range(20):
         writer.write(np.full((48, 64, 3), i * 12, np.uint8))
     writer.release()
-    source = open_source(path)
+    source = open_calibration_source(path)
     assert isinstance(source, VideoSource) and source.total == 20
     calibration = [round(f.mean() / 12) for f in source.calibration_frames(4)]
     holdout = [round(f.mean() / 12) for f in source.holdout_frames(4)]

@@ -42,7 +42,7 @@ import pytest
 import torch
 
 from converters import EXPORTERS, ConvertError, convert, get_exporter
-from converters.calibration import Calibration, SyntheticSource, open_source, synthetic_frame
+from converters.calibration import Calibration, SyntheticSource, open_calibration_source, synthetic_frame
 from converters.accuracy import AccuracyTarget
 from converters.tflite_exporter import TfliteExporter, _convert_module
 from converters.verify import DETECTION_AP_RANDOM_INT8, measure_parity, reference_outputs
@@ -98,7 +98,7 @@ def torch_models():
 def variants(exported, torch_models, tmp_path_factory):
     """The INT8 option variants of each model: files, specs, parity on the pipeline's held-out frames."""
     _, _, exporter = exported
-    calibration = Calibration(open_source("synthetic"), 8)
+    calibration = Calibration(open_calibration_source("synthetic"), 8)
     results = {}
     for variant, model in torch_models.items():
         reference = reference_outputs(model, SyntheticSource(0).holdout_frames(4), description="held out")

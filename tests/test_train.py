@@ -26,6 +26,8 @@ from edgedet.model.training import (
     CocoDetection,
     DetectionLoss,
     ModelEma,
+    TrainConfig,
+    Trainer,
     collate,
     focal_loss,
     load_coco_index,
@@ -390,3 +392,38 @@ def test_time_limit_stops_and_saves(shapes, tmp_path):
     assert result.stopped_by == "time_limit"
     assert 1 <= result.steps < 200
     assert (tmp_path / "best.pth").is_file() and (tmp_path / "last.pt").is_file()
+
+
+def test_train_config_resolves_defaults(shapes):
+    cfg = TrainConfig.create("lite0", *_data(shapes), optimizer="SGD", ema_decay=0,
+                             num_threads=None, device="cpu")
+    assert cfg.variant == "lite0" and cfg.image_size == get_config("lite0").image_size
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("sgd", 0.02, 4e-5)
+    assert cfg.ema_decay is None and cfg.bn_momentum == 0.1 and cfg.num_threads >= 1
+    assert cfg.augmentation == Augment()
+    assert TrainConfig.create("lite0", *_data(shapes), init="lite0").bn_momentum is None
+    with pytest.raises(ValueError, match="multiple of 32"):
+        TrainConfig.create("lite0", *_data(shapes), image_size=100)
+    with pytest.raises(ValueError, match="both val_ann and val_images"):
+        TrainConfig.create("lite0", shapes["train_ann"], shapes["train_images"], shapes["val_ann"])
+
+
+def test_trainer_steps_can_be_overridden(shapes, tmp_path):
+    """The steps a data-parallel run keeps to rank 0 are methods a subclass replaces."""
+    calls = []
+
+    class Quiet(Trainer):
+        def evaluate(self):
+            calls.append(("evaluate", self.step))
+            return None
+
+        def save_last(self):
+            calls.append(("save_last", self.step))
+
+    cfg = TrainConfig.create("lite0", *_data(shapes), max_steps=2, batch_size=4, image_size=SIZE,
+                             num_threads=1, num_workers=0)
+    result = Quiet(cfg, tmp_path, progress=False).run()
+    assert result.steps == 2 and result.stopped_by == "max_steps"
+    assert calls == [("evaluate", 2), ("save_last", 2)]
+    assert not (tmp_path / "last.pt").exists() and (tmp_path / "best.pth").is_file()
+    assert [h["step"] for h in result.history] == [2]

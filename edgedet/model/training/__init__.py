@@ -7,6 +7,10 @@ Python::
                    "data/annotations/val.json", "data/val", out="runs/lite0", epochs=20)
     print(result.best_map, result.best_path)
 
+    # or, with the settings as one object (what every checkpoint records):
+    config = TrainConfig.create("lite0", "data/annotations/train.json", "data/train", epochs=20)
+    result = Trainer(config, "runs/lite0").run()
+
 CLI: ``python -m edgedet.model.training --help``.
 
 ``train`` writes ``best.pth`` (EMA weights + metadata: variant, image size, class names, val
@@ -15,7 +19,7 @@ mAP...), which :func:`edgedet.model.checkpoint.load_checkpoint` and the converte
 from edgedet.model.training.dataset import Augment, CocoDetection, collate, load_coco_index
 from edgedet.model.training.ema import ModelEma
 from edgedet.model.training.loss import DetectionLoss, focal_loss, match_anchors
-from edgedet.model.training.trainer import TrainConfig, TrainResult, load_trained, lr_at, train
+from edgedet.model.training.trainer import TrainConfig, Trainer, TrainResult, load_trained, lr_at, train
 
 __all__ = [
     "Augment",
@@ -24,6 +28,7 @@ __all__ = [
     "ModelEma",
     "TrainConfig",
     "TrainResult",
+    "Trainer",
     "collate",
     "focal_loss",
     "load_coco_index",
