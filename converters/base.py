@@ -76,6 +76,9 @@ class Exporter(ABC):
     requires: ClassVar[dict[str, str]] = {}
     #: Bump when the exporter's output changes for the same inputs (part of the export key).
     revision: ClassVar[int] = 1
+    #: The FP32 graph this exporter builds every precision from (``"onnx"``, ``"tflite"``), or None.
+    #: Exporters of one kind share it: a distributed run builds it once per model and ships it.
+    fp32_kind: ClassVar[str | None] = None
 
     @classmethod
     def missing_packages(cls) -> list[str]:
@@ -118,6 +121,14 @@ class Exporter(ABC):
     @abstractmethod
     def runner(self, files: Sequence[Path], io: ArtifactIO) -> Runner:
         """A callable that runs the exported ``files`` on one preprocessed batch."""
+
+    def fp32_graph(self, model: Any, config: ModelConfig) -> bytes:
+        """The serialized FP32 graph of :attr:`fp32_kind` that :meth:`export` starts from."""
+        raise NotImplementedError(f"{self.name} builds on no shared FP32 graph")
+
+    def seed_fp32(self, model: Any, config: ModelConfig, graph: bytes) -> None:
+        """Use ``graph`` (from :meth:`fp32_graph`, perhaps in another process) as ``model``'s FP32 graph."""
+        raise NotImplementedError(f"{self.name} builds on no shared FP32 graph")
 
     def release(self) -> None:
         """Drop any cache (called when the pipeline moves to another model)."""

@@ -325,3 +325,35 @@ def open_calibration_source(spec: str | os.PathLike[str], *, holdout: int = 4) -
         return VideoSource(path)
     raise CalibrationError(f"calibration source {text!r} does not exist; pass 'synthetic', a folder "
                            f"of images or a video file")
+
+
+# ------------------------------------------------------------------------------------ in memory
+
+
+class FrozenSource(CalibrationSource):
+    """Frames read once from another source and kept in memory, under that source's description and
+    fingerprint: what a worker without the driver's file system calibrates with (a Ray task)."""
+
+    def __init__(self, source: CalibrationSource, count: int) -> None:
+        self.description = source.description
+        self._fingerprint = source.fingerprint()
+        self._count = source.calibration_count(count)
+        self._frames = list(source.calibration_frames(count))
+
+    def calibration_frames(self, count: int) -> Iterator[np.ndarray]:
+        yield from (frame.copy() for frame in self._frames[:count])
+
+    def holdout_frames(self, count: int) -> Iterator[np.ndarray]:
+        raise CalibrationError("a frozen calibration source holds no held-out frames (the driver keeps them)")
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def calibration_count(self, count: int) -> int:
+        return min(count, self._count)
+
+
+def freeze(calibration: Calibration, spare: int = 16) -> Calibration:
+    """``calibration`` with its frames in memory: its own count, plus ``spare`` more for the
+    accuracy-aware search's validation frames (:func:`converters.accuracy.validation_frames`)."""
+    return Calibration(FrozenSource(calibration.source, calibration.count + spare), calibration.count)

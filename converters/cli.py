@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", type=Path, default=Path("exports"), metavar="DIR",
                      help="export root directory (default: %(default)s)")
     out.add_argument("--force", action="store_true", help="rebuild artifacts that are up to date")
+    run = parser.add_argument_group("where the work runs")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: this process (default); ray: each artifact a task of a Ray cluster, the files "
+                          "published here (needs pip install 'edgedet[ray]')")
+    run.add_argument("--ray-address", metavar="HOST:PORT",
+                     help="the Ray cluster (default: $RAY_ADDRESS, else a cluster started on this machine)")
     out.add_argument("-q", "--quiet", action="store_true", help="print only the summary and errors")
     out.add_argument("-v", "--verbose", action="store_true", help="log every step (and tracebacks)")
     return parser
@@ -188,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_random=args.allow_random, force=args.force, num_classes=args.num_classes,
             labels=labels, image_size=args.image_size, seed=args.seed, verify_images=args.verify_images,
             int8_mode=args.int8_mode, exporter_options=options,
-            progress=not args.quiet and sys.stderr.isatty(),
+            progress=not args.quiet and sys.stderr.isatty(), executor=args.executor, ray_address=args.ray_address,
         )
     except ConvertError as exc:
         print(f"edgedet-convert: error: {exc}", file=sys.stderr)

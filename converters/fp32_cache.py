@@ -46,5 +46,11 @@ class Fp32Cache(Generic[T]):
             self._graphs.popitem(last=False)
         return graph
 
+    def put(self, model: Any, config: ModelConfig, graph: T) -> None:
+        """Cache ``graph`` as ``model``'s (a graph built elsewhere: another process of a Ray run)."""
+        self._graphs[model_key(model, config)] = graph
+        while len(self._graphs) > self.size:
+            self._graphs.popitem(last=False)
+
     def clear(self) -> None:
         self._graphs.clear()

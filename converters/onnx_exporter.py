@@ -98,6 +98,7 @@ class OnnxExporter(Exporter):
     requires = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim",
                 "onnxruntime": "onnxruntime"}
     revision = 3  # 3: detection-level accuracy target, one INT8 report format (converters.int8)
+    fp32_kind = "onnx"
 
     def __init__(self, *, threads: int | None = None, accuracy_aware: bool = True,
                  accuracy_target: AccuracyTarget | None = AccuracyTarget()) -> None:
@@ -134,6 +135,12 @@ class OnnxExporter(Exporter):
             _save(result.model, path)
             onnx.checker.check_model(str(path), full_check=True)
         return [path]
+
+    def fp32_graph(self, model: Any, config: ModelConfig) -> bytes:
+        return fp32_bytes(model, config)
+
+    def seed_fp32(self, model: Any, config: ModelConfig, graph: bytes) -> None:
+        seed_fp32(model, config, graph)
 
     def release(self) -> None:
         forget_fp32()
@@ -190,6 +197,16 @@ def forget_fp32() -> None:
     _FP32.clear()
 
 
+def fp32_bytes(model: Any, config: ModelConfig) -> bytes:
+    """The serialized FP32 graph of ``model`` (memoized, see :func:`export_fp32`)."""
+    return _FP32.get(model, config, lambda: _trace(model, config).SerializeToString())
+
+
+def seed_fp32(model: Any, config: ModelConfig, graph: bytes) -> None:
+    """Take ``graph`` (:func:`fp32_bytes` of another process) as ``model``'s FP32 graph."""
+    _FP32.put(model, config, graph)
+
+
 def export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
     """The simplified, checked FP32 ONNX graph of ``model`` (also the OpenVINO exporter's source).
 
@@ -198,7 +215,7 @@ def export_fp32(model: Any, config: ModelConfig) -> onnx.ModelProto:
     per variant)."""
     import onnx
 
-    return onnx.load_from_string(_FP32.get(model, config, lambda: _trace(model, config).SerializeToString()))
+    return onnx.load_from_string(fp32_bytes(model, config))
 
 
 def _trace(model: Any, config: ModelConfig) -> onnx.ModelProto:

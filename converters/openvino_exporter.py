@@ -52,7 +52,7 @@ from converters import int8
 from converters.accuracy import AccuracyTarget, Agreement, Outputs
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
 from converters.fp32_cache import Fp32Cache
-from converters.onnx_exporter import INPUT_NAME, OUTPUT_NAMES, export_fp32, forget_fp32
+from converters.onnx_exporter import INPUT_NAME, OUTPUT_NAMES, export_fp32, forget_fp32, fp32_bytes, seed_fp32
 from converters.quiet import quiet
 from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec
 
@@ -111,6 +111,7 @@ class OpenVinoExporter(Exporter):
     requires = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim",
                 "openvino": "openvino", "nncf": "nncf"}
     revision = 2  # 2: detection-level accuracy target, one INT8 report format (converters.int8)
+    fp32_kind = "onnx"  # converted from the ONNX exporter's FP32 graph
     #: ``INFERENCE_PRECISION_HINT`` each precision is verified with; ``None`` = the plug-in's default.
     verify_precisions: dict[str, str | None] = {"fp32": "f32", "fp16": "f32", "int8": "f32"}
 
@@ -159,6 +160,12 @@ class OpenVinoExporter(Exporter):
         out.set_rt_info(precision, [RT_KEY, "precision"])
         ov.save_model(out, str(path), compress_to_fp16=compress)
         return [path, path.with_suffix(".bin")]
+
+    def fp32_graph(self, model: Any, config: ModelConfig) -> bytes:
+        return fp32_bytes(model, config)
+
+    def seed_fp32(self, model: Any, config: ModelConfig, graph: bytes) -> None:
+        seed_fp32(model, config, graph)
 
     def release(self) -> None:
         self._fp32.clear()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from converters import calibration as calib
-from converters.base import INSTALL_HINT, ConvertError, Exporter, get_exporter
+from converters.base import INSTALL_HINT, ArtifactIO, ConvertError, Exporter, get_exporter
 from converters.verify import (
     RANDOM_WEIGHT_THRESHOLDS,
     THRESHOLDS,
@@ -226,6 +226,8 @@ def convert(
     exporter_options: Mapping[str, Mapping[str, Any]] | None = None,
     exporters: Mapping[str, Exporter] | None = None,
     progress: bool = False,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> ConvertReport:
     """Convert ``variants`` to every format × precision, verify them, write manifests.
 
@@ -258,6 +260,10 @@ def convert(
             ``{"tflite": {"input_dtype": "uint8"}}`` (see each exporter class).
         exporters: exporter instances to use instead of the registered ones, by format name.
         progress: show a tqdm progress bar over the artifacts.
+        executor: ``"local"`` (this process) or ``"ray"``: each artifact a task of the Ray cluster at
+            ``ray_address`` (``None``: ``$RAY_ADDRESS`` or a local cluster), each shared FP32 graph
+            built once; the files come back here and are published as a local run publishes them
+            (:mod:`converters.distributed`).
 
     Returns:
         A :class:`ConvertReport`; ``report.ok`` is false if any artifact failed.
@@ -266,6 +272,7 @@ def convert(
         ConvertError: the request cannot be carried out (before anything is written).
     """
     started = time.perf_counter()
+    _check_executor(executor, ray_address)
     plan = _plan(variants, formats, precisions, weights, out_dir, calibration=calibration,
                  calibration_count=calibration_count, allow_random=allow_random, force=force,
                  num_classes=num_classes, labels=labels, seed=seed, exporters=exporters,
@@ -276,7 +283,7 @@ def convert(
         for variant in plan.variants:
             jobs = [j for j in plan.jobs if j.variant == variant]
             _run_variant(variant, jobs, plan, results, bar, force=force, verify_images=verify_images,
-                         thresholds=thresholds)
+                         thresholds=thresholds, executor=executor, ray_address=ray_address)
     finally:
         bar.close()
         for exporter in plan.exporters:
@@ -504,6 +511,19 @@ def _job(variant: str, exporter: Exporter, precision: str, root: Path, image_siz
                 calibrated)
 
 
+def _check_executor(executor: str, ray_address: str | None) -> None:
+    """A known executor, and for Ray an installed package and a reachable cluster (before any work)."""
+    from edgedet.cluster import EXECUTORS, ExecutorError, connect
+
+    if executor not in EXECUTORS:
+        raise ConvertError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
+    if executor == "ray":
+        try:
+            connect(ray_address)
+        except ExecutorError as exc:
+            raise ConvertError(str(exc)) from None
+
+
 def _missing(module: str) -> bool:
     import importlib.util
 
@@ -537,7 +557,8 @@ def _check_fit(variant: str, num_classes: int, weights: ResolvedWeights) -> None
 
 
 def _run_variant(variant: str, jobs: list[_Job], plan: _Plan, results: list[ArtifactResult], bar: Any,
-                 *, force: bool, verify_images: int, thresholds) -> None:
+                 *, force: bool, verify_images: int, thresholds, executor: str = "local",
+                 ray_address: str | None = None) -> None:
     todo = []
     for job in jobs:
         skipped = None if force else _up_to_date(job)
@@ -566,13 +587,18 @@ def _run_variant(variant: str, jobs: list[_Job], plan: _Plan, results: list[Arti
         setup_error = f"building {variant} failed: {type(exc).__name__}: {exc}"
         logger.error("%s", setup_error)
 
-    for job in todo:
-        bar.set_description(job.name)
-        if setup_error is not None:
-            results.append(_failed(job, setup_error, 0.0))
-        else:
-            results.append(_build(job, model, reference, plan, thresholds))
-        bar.update(1)
+    if setup_error is None and executor == "ray":
+        from converters.distributed import build_on_ray
+
+        results.extend(build_on_ray(todo, model, reference, plan, thresholds, ray_address, bar))
+    else:
+        for job in todo:
+            bar.set_description(job.name)
+            if setup_error is not None:
+                results.append(_failed(job, setup_error, 0.0))
+            else:
+                results.append(_build(job, model, reference, plan, thresholds))
+            bar.update(1)
     for exporter in {id(j.exporter): j.exporter for j in todo}.values():
         exporter.release()
 
@@ -596,57 +622,52 @@ def _up_to_date(job: _Job) -> ArtifactResult | None:
                           parity=dict(manifest.parity))
 
 
-def _build(job: _Job, model: Any, reference: Reference, plan: _Plan, thresholds) -> ArtifactResult:
+@dataclass
+class _Made:
+    """What exporting and verifying one artifact produced, before it is published."""
+
+    files: list[Path]
+    io: ArtifactIO
+    parity: dict[str, Any]
+    failures: list[str]
+    export_seconds: float
+
+
+def _make(exporter: Exporter, precision: str, model: Any, reference: Reference,
+          calibration: calib.Calibration | None, staging: Path, thresholds) -> _Made:
+    """Export ``precision`` into ``staging`` and measure its parity with PyTorch: the part of a build
+    that runs wherever the executor puts it (this process, or a Ray worker)."""
     started = time.perf_counter()
-    exporter = job.exporter
+    files = [Path(f) for f in exporter.export(model, model.config, staging, precision, calibration)]
+    export_seconds = time.perf_counter() - started
+    for f in files:
+        if f.parent.resolve() != staging.resolve() and staging.resolve() not in f.resolve().parents:
+            raise ConvertError(f"exporter {exporter.name} wrote {f} outside its directory")
+    _remove_extras(staging, files)
+    io = exporter.describe(files, model.config, precision)
+    parity = measure_parity(reference, exporter.runner(files, io), layout=io.input.layout,
+                            dtype=io.input.dtype, quantization=io.input.quantization)
+    failures = check_parity(parity, precision, thresholds)
+    parity["passed"] = not failures
+    if failures:
+        parity["failed_checks"] = "; ".join(failures)
+    return _Made(files, io, parity, failures, export_seconds)
+
+
+def _staging(job: _Job) -> Path:
     staging = job.final.parent / f".{job.final.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir(parents=True)
+    return staging
+
+
+def _build(job: _Job, model: Any, reference: Reference, plan: _Plan, thresholds) -> ArtifactResult:
+    started = time.perf_counter()
+    staging = _staging(job)
     try:
         logger.info("%s: exporting", job.name)
-        files = exporter.export(model, model.config, staging, job.precision,
-                                plan.calibration if job.calibrated else None)
-        export_seconds = time.perf_counter() - started
-        files = [Path(f) for f in files]
-        for f in files:
-            if f.parent.resolve() != staging.resolve() and staging.resolve() not in f.resolve().parents:
-                raise ConvertError(f"exporter {exporter.name} wrote {f} outside its directory")
-        _remove_extras(staging, files)
-        io = exporter.describe(files, model.config, job.precision)
-        parity = measure_parity(reference, exporter.runner(files, io), layout=io.input.layout,
-                                dtype=io.input.dtype, quantization=io.input.quantization)
-        failures = check_parity(parity, job.precision, _thresholds(thresholds, plan.weights[job.variant]))
-        parity["passed"] = not failures
-        if failures:
-            parity["failed_checks"] = "; ".join(failures)
-        weights = plan.weights[job.variant]
-        manifest = Manifest(
-            variant=job.variant, family=model.config.family, phi=model.config.phi,
-            num_classes=plan.num_classes[job.variant], labels=plan.labels[job.variant],
-            input=io.input, outputs=io.outputs, anchors=AnchorSpec.from_config(model.config),
-            backend=exporter.backend, precision=job.precision,
-            files={f.resolve().relative_to(staging.resolve()).as_posix(): sha256_file(f) for f in files},
-            weights=WeightsInfo(source=weights.source, sha256=weights.sha256, random=weights.random),
-            calibration=plan.calibration.info if job.calibrated and plan.calibration else None,
-            float_layers=io.float_layers, parity=parity,
-            tools=exporter.tool_versions(), options=exporter.options(job.precision),
-            created=utc_now(), export_key=job.key,
-        )
-        manifest.save(staging)
-        Manifest.load(staging).verify_files(staging)  # what is published must read back and verify
-        size = _size_mb(files)
-        if failures:
-            target = job.final.with_name(job.final.name + ".failed")
-            _publish(staging, target)
-            message = f"parity below thresholds: {'; '.join(failures)} (artifact kept in {target})"
-            logger.error("%s: %s", job.name, message)
-            return ArtifactResult(job.variant, exporter.name, exporter.backend, job.precision, "failed",
-                                  path=target, seconds=time.perf_counter() - started,
-                                  export_seconds=export_seconds, size_mb=size, parity=parity, error=message)
-        _publish(staging, job.final)
-        logger.info("%s: built in %.1f s", job.name, time.perf_counter() - started)
-        return ArtifactResult(job.variant, exporter.name, exporter.backend, job.precision, "built",
-                              path=job.final, seconds=time.perf_counter() - started,
-                              export_seconds=export_seconds, size_mb=size, parity=parity)
+        made = _make(job.exporter, job.precision, model, reference, plan.calibration if job.calibrated else None,
+                     staging, _thresholds(thresholds, plan.weights[job.variant]))
+        return _publish_made(job, made, staging, plan, model.config, started)
     except Exception as exc:  # noqa: BLE001 - collected; the other artifacts go on
         logger.error("%s: failed: %s: %s", job.name, type(exc).__name__, exc)
         logger.debug("%s: traceback", job.name, exc_info=True)
@@ -654,6 +675,41 @@ def _build(job: _Job, model: Any, reference: Reference, plan: _Plan, thresholds)
     finally:
         # Also on KeyboardInterrupt: nothing half-made survives under any name.
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_made(job: _Job, made: _Made, staging: Path, plan: _Plan, config: Any, started: float) -> ArtifactResult:
+    """Write the manifest of ``made`` beside its files in ``staging``, check that it reads back and
+    verifies, and publish the directory atomically (as ``*.failed`` if parity failed)."""
+    exporter, weights = job.exporter, plan.weights[job.variant]
+    manifest = Manifest(
+        variant=job.variant, family=config.family, phi=config.phi,
+        num_classes=plan.num_classes[job.variant], labels=plan.labels[job.variant],
+        input=made.io.input, outputs=made.io.outputs, anchors=AnchorSpec.from_config(config),
+        backend=exporter.backend, precision=job.precision,
+        files={f.resolve().relative_to(staging.resolve()).as_posix(): sha256_file(f) for f in made.files},
+        weights=WeightsInfo(source=weights.source, sha256=weights.sha256, random=weights.random),
+        calibration=plan.calibration.info if job.calibrated and plan.calibration else None,
+        float_layers=made.io.float_layers, parity=made.parity,
+        tools=exporter.tool_versions(), options=exporter.options(job.precision),
+        created=utc_now(), export_key=job.key,
+    )
+    manifest.save(staging)
+    Manifest.load(staging).verify_files(staging)  # what is published must read back and verify
+    size = _size_mb(made.files)
+    seconds = time.perf_counter() - started
+    if made.failures:
+        target = job.final.with_name(job.final.name + ".failed")
+        _publish(staging, target)
+        message = f"parity below thresholds: {'; '.join(made.failures)} (artifact kept in {target})"
+        logger.error("%s: %s", job.name, message)
+        return ArtifactResult(job.variant, exporter.name, exporter.backend, job.precision, "failed",
+                              path=target, seconds=seconds, export_seconds=made.export_seconds, size_mb=size,
+                              parity=made.parity, error=message)
+    _publish(staging, job.final)
+    logger.info("%s: built in %.1f s", job.name, seconds)
+    return ArtifactResult(job.variant, exporter.name, exporter.backend, job.precision, "built",
+                          path=job.final, seconds=seconds, export_seconds=made.export_seconds, size_mb=size,
+                          parity=made.parity)
 
 
 def _thresholds(overrides, weights: ResolvedWeights) -> Mapping[str, Mapping[str, tuple[str, float]]]:

@@ -105,6 +105,7 @@ class TfliteExporter(Exporter):
     requires = {"litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer",
                 "ai_edge_litert": "ai-edge-litert"}
     revision = 2  # 2: accuracy-aware by default, the shared detection-level target (converters.int8)
+    fp32_kind = "tflite"
 
     def __init__(self, *, threads: int | None = None, input_dtype: str = "float32", float_outputs: bool = True,
                  accuracy_aware: bool = True, accuracy_target: AccuracyTarget | None = AccuracyTarget()) -> None:
@@ -139,7 +140,7 @@ class TfliteExporter(Exporter):
     def export(self, model: Any, config: ModelConfig, out_dir: Path, precision: str,
                calibration: Calibration | None) -> list[Path]:
         self.check_request(precision, calibration)
-        fp32 = self._cache.fp32.get(model, config, lambda: _export_fp32(model, config))
+        fp32 = self.fp32_graph(model, config)
         path = Path(out_dir) / MODEL_FILE
         if precision == "fp32":
             path.write_bytes(fp32)
@@ -161,6 +162,12 @@ class TfliteExporter(Exporter):
         if key not in self._cache.qsvs:
             self._cache.qsvs[key] = _calibrate(fp32, config, calibration)
         return self._cache.qsvs[key]
+
+    def fp32_graph(self, model: Any, config: ModelConfig) -> bytes:
+        return self._cache.fp32.get(model, config, lambda: _export_fp32(model, config))
+
+    def seed_fp32(self, model: Any, config: ModelConfig, graph: bytes) -> None:
+        self._cache.fp32.put(model, config, graph)
 
     def release(self) -> None:
         self._cache.clear()
