@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.arm64.compare import FP32_MAX_SCORE_DIFF, FP32_MIN_IOU, INT8_MIN_AP50, compare_artifact  # noqa: E402
+from scripts.arm64.compare import FP32_MAX_SCORE_DIFF, FP32_MIN_IOU, compare_artifact  # noqa: E402
 
 
 def _entry(precision: str, boxes, scores, classes) -> dict:
@@ -93,13 +93,16 @@ def test_arm64_detections_match_x86(arm64_report):
     # lite0 and d0, FP32 and INT8, on the runtimes that run on both (see README "Supported platforms").
     assert {(a.artifact.split("/")[0], a.precision) for a in agreements} >= {
         (v, p) for v in ("lite0", "d0") for p in ("fp32", "int8")}
-    failed = {a.artifact: a.failures() for a in agreements if a.failures()}
-    assert not failed, failed
+    assert not arm64_report.failures(), arm64_report.failures()
+    known = arm64_report.known_limits()  # OpenVINO crashes qemu-user: reported, not compared
+    assert {a.backend for a in agreements if a.artifact not in known} >= {"onnxruntime", "tflite"}
     for a in agreements:
+        if a.artifact in known:
+            continue
         if a.exact:
             assert a.min_iou >= FP32_MIN_IOU and a.max_score_diff <= FP32_MAX_SCORE_DIFF
-        else:
-            assert a.ap50 >= INT8_MIN_AP50
+        else:  # against x86's INT8, and (the converter's gate) against x86's FP32
+            assert a.ap50 >= a.min_ap50 and a.ap50_vs_fp32 >= a.min_ap50, a
     assert sum(a.reference_detections for a in agreements) > 0  # the frames have something to detect
 
 
@@ -107,7 +110,7 @@ def test_arm64_detections_match_x86(arm64_report):
 def test_arm64_budgeted_selection_and_camera_loop(arm64_report):
     budget = arm64_report.arm64["budget"]
     assert "error" not in budget, budget
-    assert budget["variant"] == "d0" and budget["precision"] == "fp32", budget  # every artifact fits the budget
+    assert budget["variant"] == "d0" and budget["precision"] == "int8", budget  # the INT8 walk: both fit
     camera = arm64_report.camera_loop
     assert camera["returncode"] == 0 and camera["frames"] == len(arm64_report.x86["frames"]), camera
     assert not arm64_report.problems, arm64_report.problems

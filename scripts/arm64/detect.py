@@ -71,12 +71,17 @@ def platform_info() -> dict[str, Any]:
             "torch_importable": importlib.util.find_spec("torch") is not None}
 
 
-def run_artifacts(models: Path, frames: list[tuple[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
-    """``{artifact name: {variant, backend, precision, seconds, frames: [...] | error}}``."""
+def run_artifacts(models: Path, frames: list[tuple[str, np.ndarray]],
+                  backend: str | None = None) -> dict[str, dict[str, Any]]:
+    """``{artifact name: {variant, backend, precision, seconds, frames: [...] | error}}``, for the
+    artifacts of ``backend`` (all when ``None``)."""
     results: dict[str, dict[str, Any]] = {}
     for artifact in find_artifacts(models):
         m = artifact.manifest
-        entry: dict[str, Any] = {"variant": m.variant, "backend": m.backend, "precision": m.precision}
+        if backend is not None and m.backend != backend:
+            continue
+        entry: dict[str, Any] = {"variant": m.variant, "backend": m.backend, "precision": m.precision,
+                                 "random_weights": m.weights.random}
         started = time.perf_counter()
         try:
             detector = Detector(variant=m.variant, models=models, backend=m.backend, precision=m.precision,
@@ -91,15 +96,16 @@ def run_artifacts(models: Path, frames: list[tuple[str, np.ndarray]]) -> dict[st
     return results
 
 
-def run_budget(models: Path, budget_ms: float, backend: str, frame_size: tuple[int, int]) -> dict[str, Any]:
+def run_budget(models: Path, budget_ms: float, backend: str, precision: str,
+               frame_size: tuple[int, int]) -> dict[str, Any]:
     """The budgeted selection: which artifact ``Detector(budget_ms=...)`` serves, and its profile.
 
     One warm-up and one timed run per artifact: under emulation the timings mean nothing, the
     code path (measure, walk up in φ, pick) is what is checked.
     """
     started = time.perf_counter()
-    detector = Detector(budget_ms=budget_ms, models=models, backend=backend, profile_cache=False,
-                        frame_size=frame_size, warmup=1, runs=1)
+    detector = Detector(budget_ms=budget_ms, models=models, backend=backend, precision=precision,
+                        profile_cache=False, frame_size=frame_size, warmup=1, runs=1)
     return {"chosen": detector.artifact.name, "variant": detector.variant, "backend": detector.backend,
             "precision": detector.precision, "profile": str(detector.profile),
             "seconds": round(time.perf_counter() - started, 2)}
@@ -110,18 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, required=True, help="directory of artifacts (an unpacked bundle)")
     parser.add_argument("--frames", type=Path, required=True, help="directory of *.png frames")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--backend", help="only the artifacts of this backend (one process per runtime: "
+                                          "a runtime that crashes the process takes only its own artifacts)")
     parser.add_argument("--budget-ms", type=float, help="also run Detector(budget_ms=...) and record its choice")
     parser.add_argument("--budget-backend", default="auto", help="backend for the budgeted selection")
+    parser.add_argument("--budget-precision", default="auto", help="precision for the budgeted selection")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     frames = load_frames(args.frames)
     report: dict[str, Any] = {"platform": platform_info(), "frames": [name for name, _ in frames],
-                              "score_threshold": SCORE_THRESHOLD, "artifacts": run_artifacts(args.models, frames)}
+                              "score_threshold": SCORE_THRESHOLD, "artifacts": run_artifacts(args.models, frames, args.backend)}
     if args.budget_ms is not None:
         height, width = frames[0][1].shape[:2]
         try:
-            report["budget"] = run_budget(args.models, args.budget_ms, args.budget_backend, (width, height))
+            report["budget"] = run_budget(args.models, args.budget_ms, args.budget_backend, args.budget_precision,
+                                          (width, height))
         except Exception as exc:  # noqa: BLE001 - recorded for the comparer
             log.error("budgeted selection: %s: %s", type(exc).__name__, exc)
             report["budget"] = {"error": f"{type(exc).__name__}: {exc}"}
