@@ -34,7 +34,8 @@ ROOT="$("$HERE/rootfs.sh")"
 for name in $(compgen -e | grep '^PIP_' || true); do
     envs+=("$name=${!name}")
 done
-# Unset PIP_FIND_LINKS etc. pointing at host paths are harmless inside: pip warns and goes on.
+# A PIP_* value naming a host folder (a local wheel directory) does not exist inside: pip warns
+# and goes on with the index.
 
 mounts="mount -t proc proc '$ROOT/proc' && mount --rbind /dev '$ROOT/dev'"
 for bind in ${binds[@]+"${binds[@]}"}; do
