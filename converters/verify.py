@@ -39,8 +39,9 @@ from edgedet.quantization import quantize
 
 from converters.base import Runner
 
-__all__ = ["RANDOM_WEIGHT_THRESHOLDS", "THRESHOLDS", "TOP_K", "Reference", "check_parity", "compare", "cosine",
-           "detection_agreement", "measure_parity", "reference_outputs"]
+__all__ = ["RANDOM_WEIGHT_THRESHOLDS", "THRESHOLDS", "TOP_K", "Reference", "average_precision", "box_iou",
+           "check_parity", "compare", "cosine", "detection_agreement", "match_detections", "measure_parity",
+           "reference_outputs"]
 
 TOP_K = 100
 #: Post-processing of the detection figures: the runtime's defaults (edgedet.Detector).
@@ -200,11 +201,11 @@ def detection_agreement(ref_cls: list[np.ndarray], ref_box: list[np.ndarray], cl
             precision.append(p)
             recall.append(r)
             f1.append(2 * p * r / (p + r) if p + r > 0 else 0.0)
-    return {"detection_ap50": _average_precision(ranked, truths), "detection_precision": float(np.mean(precision)),
+    return {"detection_ap50": average_precision(ranked, truths), "detection_precision": float(np.mean(precision)),
             "detection_recall": float(np.mean(recall)), "detection_f1": float(np.mean(f1))}
 
 
-def _average_precision(ranked: list[tuple[np.ndarray, np.ndarray]], truths: int) -> float:
+def average_precision(ranked: list[tuple[np.ndarray, np.ndarray]], truths: int) -> float:
     """All-point interpolated AP of pooled (score, hit) lists against ``truths`` ground-truth boxes."""
     scores = np.concatenate([s for s, _ in ranked]) if ranked else np.zeros(0)
     hits = np.concatenate([h for _, h in ranked]).astype(np.float64) if ranked else np.zeros(0)
@@ -222,25 +223,39 @@ def _average_precision(ranked: list[tuple[np.ndarray, np.ndarray]], truths: int)
 def _matches(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...], iou: float) -> np.ndarray:
     """Per detection of ``got`` (sorted by score): does it match an unmatched box of ``want`` of
     its class with IoU >= ``iou`` (greedy, one-to-one)?"""
+    return match_detections(got, want, iou) >= 0
+
+
+def match_detections(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...], iou: float) -> np.ndarray:
+    """Per detection of ``got`` (``(boxes xyxy, scores, classes)``, sorted by score): the index of
+    the box of ``want`` it matches, or -1. Greedy, highest score first, one-to-one: a match is an
+    unmatched box of ``want`` of the same class with the highest IoU, at least ``iou``."""
     gb, _, gc = got
     wb, _, wc = want
-    hit = np.zeros(len(gb), bool)
+    matched = np.full(len(gb), -1, np.int64)
     if len(gb) == 0 or len(wb) == 0:
-        return hit
-    lt = np.maximum(gb[:, None, :2], wb[None, :, :2])
-    rb = np.minimum(gb[:, None, 2:], wb[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_g = np.prod(np.clip(gb[:, 2:] - gb[:, :2], 0, None), axis=1)
-    area_w = np.prod(np.clip(wb[:, 2:] - wb[:, :2], 0, None), axis=1)
-    overlap = inter / np.maximum(area_g[:, None] + area_w[None, :] - inter, 1e-9)
-    overlap[gc[:, None] != wc[None, :]] = 0.0
+        return matched
+    overlap = box_iou(gb, wb)
+    overlap[np.asarray(gc)[:, None] != np.asarray(wc)[None, :]] = 0.0
     taken = np.zeros(len(wb), bool)
     for i, row in enumerate(overlap):
         row = np.where(taken, 0.0, row)
         j = int(row.argmax())
         if row[j] >= iou:
-            taken[j] = hit[i] = True
-    return hit
+            taken[j] = True
+            matched[i] = j
+    return matched
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[len(a), len(b)]`` IoU of xyxy boxes."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def check_parity(figures: Mapping[str, Any], precision: str,
