@@ -21,19 +21,9 @@ from edgedet.detector import BudgetError, Detector, NoArtifactsError, find_artif
 from edgedet.manifest import ManifestError
 from edgedet.preprocess import InputError
 from edgedet.profiling import LatencyStats, ProfileCache, architecture_fingerprint, profile_key
+from clocks import StepClock
 
 FRAME_SIZE = (640, 480)
-
-
-class StepClock:
-    """Each reading is ``step_ms`` later than the one before: every timed call lasts step_ms."""
-
-    def __init__(self, step_ms: float) -> None:
-        self.now, self.step = 0.0, step_ms / 1000
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,9 @@ import shutil
 import pytest
 
 from edgedet.detector import BudgetError, Detector
+from clocks import StepClock
 
 FRAME_SIZE = (640, 480)
-
-
-class StepClock:
-    """Each reading is ``step_ms`` later than the one before: every timed call lasts step_ms."""
-
-    def __init__(self, step_ms: float) -> None:
-        self.now, self.step = 0.0, step_ms / 1000
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 @pytest.fixture(scope="module")
