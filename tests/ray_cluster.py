@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from netns import run_loopback_only
 
 PORT = 6390
 
@@ -23,7 +24,6 @@ def run_on_local_cluster(driver_code: str, *, cpus: int = 2, timeout: float = 15
     script.write_text(textwrap.dedent(driver_code))
     shell = f"""
         set -u
-        ip link set lo up
         {shlex.quote(str(ray))} start --head --node-ip-address=127.0.0.1 --port={PORT} --num-cpus={cpus} \\
             --include-dashboard=false --disable-usage-stats >/dev/null || exit 90
         RAY_ADDRESS=127.0.0.1:{PORT} {shlex.quote(sys.executable)} {shlex.quote(str(script))}
@@ -33,8 +33,7 @@ def run_on_local_cluster(driver_code: str, *, cpus: int = 2, timeout: float = 15
     """
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     try:
-        result = subprocess.run(["unshare", "-n", "bash", "-c", shell], capture_output=True, text=True,
-                                timeout=timeout, env=env)
+        result = run_loopback_only(shell, timeout=timeout, env=env)
     finally:
         script.unlink(missing_ok=True)
     assert result.returncode != 90, "ray start failed:\n" + result.stderr[-3000:]

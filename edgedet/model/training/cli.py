@@ -144,8 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": result.steps, "epochs": round(result.epochs_done, 3),
         "train_minutes": round(result.train_seconds / 60, 2), "stopped_by": result.stopped_by,
     }
-    log.info("done: %s", json.dumps(summary))
-    print(json.dumps(summary, indent=2))
+    from edgedet.model.training.distributed import is_main_process
+
+    if is_main_process():  # under torchrun, one summary for the run
+        log.info("done: %s", json.dumps(summary))
+        print(json.dumps(summary, indent=2))
     return 0
 
 

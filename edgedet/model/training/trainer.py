@@ -229,10 +229,10 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         images = batch["images"].to(self.device, non_blocking=True)
-        cls_out, box_out = self.model(images)
+        cls_out, box_out = self.forward(images)
         loss, parts = self.criterion(cls_out, box_out, batch["boxes"], batch["labels"])
         self.opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if not self.all_finite(loss):
             log.warning("step %d: non-finite loss (%s), skipped", self.step, float(loss))
             return None
         loss.backward()
@@ -242,8 +242,16 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.step)
         self.step += 1
-        self.images_seen += images.shape[0]
+        self.images_seen += self.cfg.batch_size
         return {"loss": float(loss.detach()), "cls_loss": parts["cls_loss"], "box_loss": parts["box_loss"]}
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training forward pass (a data-parallel run goes through its DDP wrapper)."""
+        return self.model(images)
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether this step's loss is finite (a data-parallel run: on every rank, or all skip it)."""
+        return bool(torch.isfinite(loss))
 
     def _track(self, losses: dict[str, float], lr: float) -> None:
         for key in _LOSS_KEYS:
@@ -588,9 +596,13 @@ def train(
     Returns:
         A :class:`TrainResult`.
 
-    A convenience over ``Trainer(TrainConfig.create(...), out, ...).run()``.
+    A convenience over ``Trainer(TrainConfig.create(...), out, ...).run()``. Under ``torchrun`` (its
+    ``WORLD_SIZE`` > 1) it runs data-parallel: :class:`~edgedet.model.training.distributed.DistributedTrainer`.
     """
-    return Trainer(
+    from edgedet.model.training.distributed import DistributedTrainer, launched_by_torchrun
+
+    trainer_class = DistributedTrainer if launched_by_torchrun() else Trainer
+    return trainer_class(
         TrainConfig.create(
             variant, train_ann, train_images, val_ann, val_images, epochs=epochs, batch_size=batch_size,
             image_size=image_size, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
