@@ -100,6 +100,9 @@ def _command(words: list[str], source: str) -> Command | None:
         if len(words) >= 2 and words[1].endswith(".py"):
             return Command(("python", words[1]), tuple(words[2:]), source)
         return None
+    if program == "torchrun" and "-m" in words[:-1]:  # torchrun [its options] -m MODULE [the module's]
+        at = words.index("-m")
+        return Command(("python", "-m", words[at + 1]), tuple(words[at + 2:]), source)
     if program.startswith("edgedet-") and "." not in program:  # not a file such as edgedet-camera.service
         return Command((program,), tuple(words[1:]), source)
     return None
