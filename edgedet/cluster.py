@@ -54,6 +54,7 @@ def connect(address: str | None = None) -> Any:
         raise ExecutorError("the Ray executor needs Ray: pip install 'edgedet[ray]' (or use the local "
                             "executor, the default)") from exc
     if not ray.is_initialized():
+        _check_reachable(address)
         try:
             ray.init(address=address or "auto", logging_level=logging.WARNING, log_to_driver=False,
                      include_dashboard=False)
@@ -64,6 +65,22 @@ def connect(address: str | None = None) -> Any:
         log.info("connected to Ray %s at %s: %s CPUs on %d node(s)", ray.__version__, address or "auto",
                  resources.get("CPU", 0), len([n for n in ray.nodes() if n.get("Alive")]))
     return ray
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail in seconds when a ``HOST:PORT`` cluster address does not answer (Ray itself retries for
+    minutes before giving up)."""
+    import socket
+
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ExecutorError(f"cannot reach a Ray cluster at {address} ({exc}); start one with 'ray start "
+                            "--head' or pass its address (--ray-address HOST:PORT)") from exc
 
 
 def run_tasks(fn: Callable[..., T], inputs: Sequence[tuple], *, executor: str = "local",
