@@ -280,9 +280,15 @@ def measure_limits(threads: int, sizes: Sequence[int] = (1024, 2048), *, repeats
                    min_seconds: float = 1.0, bandwidth_mib: int = 256) -> dict[str, Any]:
     """FP32 and INT8 peaks (best kernel over ``sizes``), memory bandwidth and the theoretical peaks."""
     started = time.perf_counter()
-    fp32 = _peak(FP32_KERNELS, threads, sizes, repeats, min_seconds)
-    int8 = _peak(INT8_KERNELS, threads, sizes, repeats, min_seconds)
-    memory = _bandwidth(threads, bandwidth_mib, max(3, repeats // 2), min_seconds / 2)
+    import torch
+
+    previous = torch.get_num_threads()  # the torch probe sets it process-wide: put it back
+    try:
+        fp32 = _peak(FP32_KERNELS, threads, sizes, repeats, min_seconds)
+        int8 = _peak(INT8_KERNELS, threads, sizes, repeats, min_seconds)
+        memory = _bandwidth(threads, bandwidth_mib, max(3, repeats // 2), min_seconds / 2)
+    finally:
+        torch.set_num_threads(previous)
     result = {"threads": threads, "sizes": list(sizes), "repeats": repeats, "min_seconds": min_seconds,
               "fp32": fp32, "int8": int8, "memory": memory, "theoretical": theoretical_peaks(threads),
               "seconds": round(time.perf_counter() - started, 2)}

@@ -42,7 +42,11 @@ def test_a_share_above_the_peak_is_a_problem_not_a_result():
 
 
 def test_measured_limits_come_from_real_kernels():
+    import torch
+
+    threads = torch.get_num_threads()
     found = limits.measure_limits(1, (128,), repeats=2, min_seconds=0.05, bandwidth_mib=16)
+    assert torch.get_num_threads() == threads  # the torch probe's thread count does not leak
     fp32, int8 = found["fp32"], found["int8"]
     assert {"openvino", "onnxruntime", "torch", "numpy"} <= set(fp32["by_kernel"]), fp32["unavailable"]
     assert fp32["peak"] == max(max(v.values()) for v in fp32["by_kernel"].values())
