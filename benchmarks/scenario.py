@@ -156,8 +156,9 @@ def oracle(models: Path, frame: np.ndarray, schedule: Sequence[Phase], budgets: 
     from edgedet.detector import accuracy_rank, find_artifacts
 
     pipelines = {}
-    ranks = {a.name: accuracy_rank(a.manifest) for a in find_artifacts(models)}
-    for artifact in find_artifacts(models):
+    artifacts = find_artifacts(models)
+    ranks = {a.name: accuracy_rank(a.manifest) for a in artifacts}
+    for artifact in artifacts:
         m = artifact.manifest
         try:
             pipelines[artifact.name] = Detector(variant=m.variant, models=models, backend=m.backend,

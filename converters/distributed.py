@@ -11,6 +11,7 @@ local run would publish. A task that fails is reported like a failed local build
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -98,8 +99,6 @@ def build_on_ray(todo: list[_Job], model: Any, reference: Reference, plan: _Plan
             logger.error("%s: publishing failed: %s: %s", job.name, type(exc).__name__, exc)
             results[job.name] = _failed(job, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
         finally:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
         bar.update(1)
     return [results[job.name] for job in todo]
