@@ -184,6 +184,11 @@ class AdaptivePolicy:
         self._window.clear()
         return switch
 
+    def restart_window(self) -> None:
+        """Forget the window but not the dwell: the serving artifact now runs differently (it was
+        reloaded with another thread count), so its slowdown must be observed afresh."""
+        self._window.clear()
+
     def reset(self, serving: str, now: float | None = None) -> None:
         """Serve ``serving`` (on the ladder) from now on, e.g. when a switch could not be applied:
         the window restarts and so does the dwell."""
