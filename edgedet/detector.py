@@ -639,10 +639,13 @@ class Detector:
     def _prewarm_neighbours(self, background: bool = True) -> None:
         """Keep the serving artifact and its two neighbours loaded; drop the rest. Holds the lock."""
         assert self._policy is not None and self._executor is not None
-        keep = {self._policy.serving.name, self.artifact.name} | {r.name for r in self._policy.neighbours()}
-        for name in keep - set(self._warm):
-            self._warm[name] = self._warm_pipeline(name, background=background)
-        for name in set(self._warm) - keep:
+        # In order of need: the serving one, then the step down (a slowdown needs it soonest), then up.
+        keep = list(dict.fromkeys([self._policy.serving.name, self.artifact.name]
+                                  + [r.name for r in self._policy.neighbours()]))
+        for name in keep:
+            if name not in self._warm:
+                self._warm[name] = self._warm_pipeline(name, background=background)
+        for name in set(self._warm) - set(keep):
             self._warm.pop(name).cancel()
 
     def _warm_pipeline(self, name: str, background: bool = True) -> Future:
@@ -711,6 +714,7 @@ class Detector:
             self._reloading_to = cores
             future = self._warm_pipeline(artifact.name)
             self._warm[artifact.name] = future
+            self._prewarm_neighbours()  # queued behind the served artifact, at the new count
         log.warning("edgedet: %s", reload.reason)
         future.add_done_callback(lambda done: self._apply_reload(reload, done))
 
