@@ -76,6 +76,7 @@ class PhaseReport:
     settle_s: float | None
     settle_frames: int | None
     switches: int
+    reloads: int
     expected_ap: float
     oracle_ap: float | None
     oracle_artifact: str | None
@@ -89,6 +90,7 @@ class RunReport:
     phases: list[PhaseReport] = field(default_factory=list)
     frames: list[Frame] = field(default_factory=list)
     switch_log: list[dict] = field(default_factory=list)
+    reload_log: list[dict] = field(default_factory=list)  # reloads with another thread count (adaptive)
     bounds: list[tuple[float, float]] = field(default_factory=list)  # each phase's (start, end) s
     applied_quota: list[float | None] = field(default_factory=list)  # the cgroup limit read in each phase
 
@@ -149,36 +151,39 @@ def serve_schedule(detector: Any, frame: np.ndarray, schedule: Sequence[Phase], 
 
 
 def oracle(models: Path, frame: np.ndarray, schedule: Sequence[Phase], budgets: Sequence[float],
-           quota: CpuQuota, *, calls: int = 12, **options: Any) -> tuple[dict[int, dict[str, float]], dict[str, tuple]]:
+           quota: CpuQuota, *, calls: int = 30, **options: Any) -> tuple[dict[int, dict[str, float]], dict[str, tuple]]:
     """Each artifact's p90 under each phase, ``{phase index: {artifact: p90 ms}}``, and each artifact's
-    accuracy rank as the Detector ranks it (the oracle serves the best-ranked one that fits)."""
+    accuracy rank as the Detector ranks it (the oracle serves the best-ranked one that fits).
+
+    Each phase loads every artifact afresh inside its condition, so it runs with the threads that
+    phase allows (as an adaptive Detector reloads when its CPU quota changes)."""
     from edgedet import Detector
     from edgedet.detector import accuracy_rank, find_artifacts
 
-    pipelines = {}
     artifacts = find_artifacts(models)
     ranks = {a.name: accuracy_rank(a.manifest) for a in artifacts}
-    for artifact in artifacts:
-        m = artifact.manifest
-        try:
-            pipelines[artifact.name] = Detector(variant=m.variant, models=models, backend=m.backend,
-                                                precision=m.precision, profile_cache=False, **options).pipeline
-        except Exception as exc:  # noqa: BLE001 - an artifact this machine cannot run is not a candidate
-            log.warning("oracle: cannot load %s: %s", artifact.name, exc)
     slowest_budget = max(budgets)
     table: dict[int, dict[str, float]] = {}
     for index, phase in enumerate(schedule):
         with condition(phase, quota):
             table[index] = {}
-            for name, pipeline in pipelines.items():
-                samples = []
-                for _ in range(calls):
+            for artifact in artifacts:
+                m = artifact.manifest
+                try:
+                    pipeline = Detector(variant=m.variant, models=models, backend=m.backend, precision=m.precision,
+                                        profile_cache=False, **options).pipeline
+                except Exception as exc:  # noqa: BLE001 - an artifact this machine cannot run is not a candidate
+                    log.warning("oracle: cannot load %s: %s", artifact.name, exc)
+                    continue
+                samples: list[float] = []
+                for _ in range(calls + 2):
                     t0 = time.perf_counter()
                     pipeline([frame])
                     samples.append((time.perf_counter() - t0) * 1000)
                     if samples[0] > 4 * slowest_budget:  # hopeless here: one call says so
                         break
-                table[index][name] = float(np.percentile(samples, 90))
+                table[index][artifact.name] = float(np.percentile(samples[2:] or samples, 90))  # 2 warm-up calls
+                del pipeline
     return table, ranks
 
 
@@ -210,11 +215,12 @@ def report_run(run: RunReport, schedule: Sequence[Phase], oracle_table: dict[int
             settle_s=None if first is None else round((mine[first].t - start) if first else 0.0, 3),
             settle_frames=first,
             switches=sum(1 for s in run.switch_log if start <= s["t"] < end),
+            reloads=sum(1 for s in run.reload_log if start <= s["t"] < end),
             expected_ap=round(ap, 4), oracle_ap=None if best is None else expected_ap(best), oracle_artifact=best))
 
 
 def run_detector(kind: str, budget: float, models: Path, frame: np.ndarray, schedule: Sequence[Phase],
-                 seconds: float, quota: CpuQuota, **options: Any) -> RunReport:
+                 seconds: float, quota: CpuQuota, profile_cache: Path, **options: Any) -> RunReport:
     from edgedet import Detector
 
     origin_holder: dict[str, float] = {}
@@ -224,12 +230,14 @@ def run_detector(kind: str, budget: float, models: Path, frame: np.ndarray, sche
         switches.append({"t": time.perf_counter() - origin_holder.get("origin", 0.0), **asdict(switch)})
 
     detector = Detector(budget, models=models, adapt=(kind == "adaptive"), on_switch=on_switch,
-                        on_miss="smallest", **options)
+                        on_miss="smallest", profile_cache=profile_cache, **options)
     try:
         run = RunReport(budget, kind, detector.artifact.name)
         origin_holder["origin"] = time.perf_counter()
         run.frames, run.bounds, run.applied_quota = serve_schedule(detector, frame, schedule, seconds, quota)
         run.switch_log = switches
+        clock_offset = time.monotonic() - time.perf_counter()  # reloads carry the policy's (monotonic) clock
+        run.reload_log = [{"t": r.at - clock_offset - origin_holder["origin"], **asdict(r)} for r in detector.reloads]
     finally:
         detector.close()
     return run
@@ -240,13 +248,13 @@ def run_detector(kind: str, budget: float, models: Path, frame: np.ndarray, sche
 
 def format_table(runs: Sequence[RunReport]) -> str:
     header = ("budget", "detector", "phase", "frames", "in budget", "after settle", "settle s", "switches",
-              "exp. AP", "oracle AP", "oracle")
+              "reloads", "exp. AP", "oracle AP", "oracle")
     rows = [header]
     for run in runs:
         for p in run.phases:
             rows.append((f"{run.budget_ms:g}", run.detector, p.phase, str(p.frames), f"{100 * p.within_budget:.1f}%",
                          "-" if p.within_budget_settled is None else f"{100 * p.within_budget_settled:.1f}%",
-                         "never" if p.settle_s is None else f"{p.settle_s:.2f}", str(p.switches),
+                         "never" if p.settle_s is None else f"{p.settle_s:.2f}", str(p.switches), str(p.reloads),
                          f"{p.expected_ap:.3f}", "-" if p.oracle_ap is None else f"{p.oracle_ap:.3f}",
                          p.oracle_artifact or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -330,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for budget in budgets:
             for kind in ("static", "adaptive"):
                 log.info("budget %g ms, %s detector", budget, kind)
-                run = run_detector(kind, budget, args.models, frame, schedule, args.phase_seconds, quota, **options)
+                run = run_detector(kind, budget, args.models, frame, schedule, args.phase_seconds, quota,
+                                   out / "profiles.json", **options)
                 report_run(run, schedule, table, ranks)
                 runs.append(run)
     text = format_table(runs)

@@ -12,7 +12,9 @@ The rule (issue 13):
 * Latencies of the serving artifact fill a rolling window of ``window`` calls. Its percentile
   (``percentile``, nearest rank below, so that one spike among ten calls never moves it) is the
   *observed* latency; observed / profiled of the serving artifact is the *slowdown* of the device.
-* A rung's *predicted* latency now is its profiled latency × the slowdown.
+* A rung's *predicted* latency now is its profiled latency × the slowdown, never less than its
+  profiled latency (a serving artifact that runs faster than its profile says nothing about the
+  others: trusting it made a rung profiled just over the budget look like a fit).
 * Over budget → step down to the most accurate rung predicted within ``budget × down_margin``
   (else the fastest rung).
 * Within budget and a more accurate rung predicted within ``budget × up_margin`` → step up to the
@@ -22,6 +24,9 @@ The rule (issue 13):
   profile already showed it fits at that speed.
 * No decision before ``min_samples`` calls on the serving artifact, nor within ``dwell_s`` of the
   last switch; a switch empties the window (the new artifact's latencies are its own).
+* Flapping backs off: a rung stepped down from within ``10 × dwell_s`` of being stepped up to is
+  not stepped up to again for ``dwell_s × 2**(n-1)`` after its n-th such failure (n capped at 7),
+  so a rung whose profile is too optimistic is retried ever more rarely instead of every dwell.
 """
 from __future__ import annotations
 
@@ -137,6 +142,7 @@ class AdaptivePolicy:
         self._index = names.index(serving)
         self._window: deque[float] = deque(maxlen=self.config.window)
         self._last_switch = -math.inf
+        self._failures: dict[str, tuple[float, int]] = {}  # rung -> (last step down from it, failures in a row)
 
     @property
     def serving(self) -> Rung:
@@ -168,21 +174,28 @@ class AdaptivePolicy:
         slowdown = observed / self.serving.profiled_ms
         if observed > self.budget_ms:
             target = self._most_accurate_within(self.budget_ms * self.config.down_margin, slowdown,
-                                                below=self._index) or (0 if self._index > 0 else None)
+                                                below=self._index, now=now) or (0 if self._index > 0 else None)
             direction = "down"
         else:
             limit = self.budget_ms * (1.0 if slowdown <= self.config.recovered_slowdown else self.config.up_margin)
-            target = self._most_accurate_within(limit, slowdown, above=self._index)
+            target = self._most_accurate_within(limit, slowdown, above=self._index, now=now)
             direction = "up"
         if target is None:
             return None
         switch = Switch(at=now, direction=direction, source=self.serving.name, target=self.ladder[target].name,
                         observed_ms=observed, profiled_ms=self.serving.profiled_ms, slowdown=slowdown,
-                        predicted_ms=self.ladder[target].profiled_ms * slowdown, budget_ms=self.budget_ms,
+                        predicted_ms=self._predicted(target, slowdown), budget_ms=self.budget_ms,
                         samples=len(self._window))
+        if direction == "down":
+            self._record_failure(self.serving.name, now)
         self._index, self._last_switch = target, now
         self._window.clear()
         return switch
+
+    def restart_window(self) -> None:
+        """Forget the window but not the dwell: the serving artifact now runs differently (it was
+        reloaded with another thread count), so its slowdown must be observed afresh."""
+        self._window.clear()
 
     def reset(self, serving: str, now: float | None = None) -> None:
         """Serve ``serving`` (on the ladder) from now on, e.g. when a switch could not be applied:
@@ -191,10 +204,26 @@ class AdaptivePolicy:
         self._window.clear()
         self._last_switch = self.clock() if now is None else now
 
+    def _predicted(self, index: int, slowdown: float) -> float:
+        return self.ladder[index].profiled_ms * max(1.0, slowdown)
+
+    def _record_failure(self, name: str, now: float) -> None:
+        """``name`` is stepped down from: count it as a failure in a row if it was stepped up to recently."""
+        recent_up = now - self._last_switch <= 10 * self.config.dwell_s
+        _, failures = self._failures.get(name, (now, 0))
+        self._failures[name] = (now, min(failures + 1, 7) if recent_up else 1)
+
+    def _backing_off(self, name: str, now: float) -> bool:
+        if name not in self._failures:
+            return False
+        since, failures = self._failures[name]
+        return now - since < self.config.dwell_s * 2 ** (failures - 1)
+
     def _most_accurate_within(self, limit_ms: float, slowdown: float, *, below: int | None = None,
-                              above: int | None = None) -> int | None:
+                              above: int | None = None, now: float = 0.0) -> int | None:
         """Index of the most accurate rung (below index ``below`` or above index ``above``) whose
-        predicted latency is within ``limit_ms``."""
+        predicted latency is within ``limit_ms`` (stepping up: and that is not backing off)."""
         indices = range(below) if below is not None else range(above + 1, len(self.ladder))  # type: ignore[operator]
-        fitting = [i for i in indices if self.ladder[i].profiled_ms * slowdown <= limit_ms]
+        fitting = [i for i in indices if self._predicted(i, slowdown) <= limit_ms
+                   and (below is not None or not self._backing_off(self.ladder[i].name, now))]
         return max(fitting) if fitting else None

@@ -36,6 +36,7 @@ import numpy as np
 
 from edgedet.adaptive import AdaptiveConfig, AdaptivePolicy, Rung, Switch
 from edgedet.config import get_config
+from edgedet.cpu import usable_cores
 from edgedet.backends import BACKENDS, BackendError, available_backends, load_backend, runtime_version
 from edgedet.detections import Detections
 from edgedet.hub import cache_dir
@@ -63,6 +64,11 @@ INT8_HOPELESS_FACTOR = 1.5
 #: When no budget forces a measurement, the runtime tried first.
 BACKEND_PREFERENCE = ("onnxruntime", "openvino", "tflite", "torch")
 TYPICAL_FRAME = (1280, 720)  # width, height: an HD camera
+#: How often (seconds of the policy's clock) an adaptive Detector with ``threads=None`` re-reads the
+#: cores it may use. A cgroup CPU quota can change under a running process (a container limit, a
+#: thermal governor); threads above the quota burn it in bursts and then stall for the rest of
+#: each quota period, so latency jumps by tens of ms on a fraction of the calls.
+CORES_CHECK_S = 0.5
 
 
 class BudgetError(RuntimeError):
@@ -124,6 +130,22 @@ def find_artifacts(models: str | Path) -> list[Artifact]:
     return found
 
 
+@dataclass(frozen=True)
+class Reload:
+    """The served artifact reloaded with another thread count: the cores this process may use
+    changed (CPU affinity or cgroup quota) while serving with ``threads=None``."""
+
+    at: float  #: clock reading of the decision (the adaptive policy's clock)
+    artifact: str
+    threads_from: int
+    threads_to: int
+
+    @property
+    def reason(self) -> str:
+        return (f"usable cores changed from {self.threads_from} to {self.threads_to} (CPU affinity or cgroup "
+                f"quota): {self.artifact} reloaded with {self.threads_to} threads")
+
+
 class Served(NamedTuple):
     """One call's result and what served it (:meth:`Detector.serve`)."""
 
@@ -171,7 +193,8 @@ class Detector:
             them, or ``"torch"`` (the PyTorch reference: only when named; needs torch).
         precision: ``"auto"`` or one of ``"fp32"``, ``"fp16"``, ``"int8"``.
         threads: inference threads (None: every core this process may use, its affinity and cgroup
-            CPU quota respected, on every runtime).
+            CPU quota respected, on every runtime; an adaptive detector re-reads them while serving
+            and reloads the served artifact when they change, see :attr:`reloads`).
         percentile: which latency percentile must meet the budget (50, 90 or 99).
         frame_size: (width, height) of the frames you will send; letterboxing cost depends on it.
         device: runtime device: ``"cpu"``; ``"cuda"``/``"tensorrt"`` for onnxruntime, ``"cuda"`` for torch;
@@ -228,6 +251,10 @@ class Detector:
         self.profile = ProfileTable()
         #: Every applied switch, oldest first (see ``on_switch``).
         self.switches: list[Switch] = []
+        #: Every reload with another thread count, oldest first (``threads=None`` only).
+        self.reloads: list[Reload] = []
+        self._cores_checked = -float("inf")
+        self._reloading_to: int | None = None  # the thread count a pending reload loads with
         self._on_switch = on_switch
         self._lock = threading.Lock()
         self._policy: AdaptivePolicy | None = None
@@ -604,20 +631,26 @@ class Detector:
         self._warm[chosen.name] = ready
         log.info("edgedet: adaptive serving over %s", ", ".join(f"{r.name} ({r.profiled_ms:.1f} ms)"
                                                                  for r in policy.ladder))
+        # The first neighbours load here, before the first frame: loaded in the background they
+        # would share the cores with the first served calls and make them late.
         with self._lock:
-            self._prewarm_neighbours()
+            self._prewarm_neighbours(background=False)
 
-    def _prewarm_neighbours(self) -> None:
+    def _prewarm_neighbours(self, background: bool = True) -> None:
         """Keep the serving artifact and its two neighbours loaded; drop the rest. Holds the lock."""
         assert self._policy is not None and self._executor is not None
-        keep = {self._policy.serving.name, self.artifact.name} | {r.name for r in self._policy.neighbours()}
-        for name in keep - set(self._warm):
-            self._warm[name] = self._warm_pipeline(name)
-        for name in set(self._warm) - keep:
+        # In order of need: the serving one, then the step down (a slowdown needs it soonest), then up.
+        keep = list(dict.fromkeys([self._policy.serving.name, self.artifact.name]
+                                  + [r.name for r in self._policy.neighbours()]))
+        for name in keep:
+            if name not in self._warm:
+                self._warm[name] = self._warm_pipeline(name, background=background)
+        for name in set(self._warm) - set(keep):
             self._warm.pop(name).cancel()
 
-    def _warm_pipeline(self, name: str) -> Future:
-        """A loaded, warmed pipeline: the one profiling left loaded, else loaded in the background."""
+    def _warm_pipeline(self, name: str, background: bool = True) -> Future:
+        """A loaded, warmed pipeline: the one profiling left loaded, else loaded (in the background
+        unless ``background`` is false)."""
         pipeline = self._measured_pipelines.get(name)
         if pipeline is not None:
             done: Future = Future()
@@ -634,14 +667,22 @@ class Detector:
                     loaded(frame)
             finally:
                 self._loading.clear()  # one worker: no other load runs concurrently
-            log.debug("edgedet: %s loaded and warm", name)
+            log.debug("edgedet: %s loaded and warm (%d threads)", name, loaded.backend.threads)
             return loaded
 
+        if not background:
+            done = Future()
+            done.set_result(load())
+            return done
         return self._executor.submit(load)  # type: ignore[union-attr]
 
     def _observe(self, artifact: Artifact, latency_ms: float) -> None:
         policy = self._policy
-        if policy is None or self._loading.is_set():
+        if policy is None:
+            return
+        if self.threads is None:
+            self._follow_cores(policy.clock())
+        if self._loading.is_set():
             return  # while we load a model ourselves, slow calls say nothing about the device
         with self._lock:
             switch = policy.observe(artifact.name, latency_ms)
@@ -653,6 +694,52 @@ class Detector:
                     switch.reason)
         # Swap now if the target is warm, else as soon as the background load finishes.
         target.add_done_callback(lambda future: self._apply(switch, future))
+
+    def _follow_cores(self, now: float) -> None:
+        """Reload the served artifact with as many threads as the cores this process may use now,
+        when they changed (checked every :data:`CORES_CHECK_S`). The old pipeline serves until the
+        new one is loaded and warm; the warm neighbours, loaded for the old count, are dropped."""
+        if now - self._cores_checked < CORES_CHECK_S:
+            return
+        self._cores_checked = now
+        cores = usable_cores()
+        with self._lock:
+            artifact, pipeline, _ = self._serving
+            if (self._policy is None or artifact.manifest.backend == "torch"  # torch's threads are process-wide
+                    or cores == pipeline.backend.threads or cores == self._reloading_to):
+                return
+            for name in list(self._warm):
+                self._warm.pop(name).cancel()
+            reload = Reload(now, artifact.name, pipeline.backend.threads, cores)
+            self._reloading_to = cores
+            future = self._warm_pipeline(artifact.name)
+            self._warm[artifact.name] = future
+            self._prewarm_neighbours()  # queued behind the served artifact, at the new count
+        log.warning("edgedet: %s", reload.reason)
+        future.add_done_callback(lambda done: self._apply_reload(reload, done))
+
+    def _apply_reload(self, reload: Reload, future: Future) -> None:
+        """Serve the reloaded pipeline in ``future`` (unless a switch or a newer change superseded it)."""
+        try:
+            pipeline = future.result()
+        except BaseException as exc:  # cancelled (superseded) or failed: keep serving what we serve
+            with self._lock:
+                if self._reloading_to == reload.threads_to:
+                    self._reloading_to = None
+            if not future.cancelled():
+                log.error("edgedet: cannot reload %s with %d threads (%s)", reload.artifact, reload.threads_to, exc)
+            return
+        with self._lock:
+            if self._reloading_to == reload.threads_to:
+                self._reloading_to = None
+            artifact, _, profiled_ms = self._serving
+            if self._policy is None or artifact.name != reload.artifact:
+                return  # closed, or a switch superseded it (the target loads with the new count)
+            self._serving = (artifact, pipeline, profiled_ms)
+            self.reloads.append(reload)
+            self._policy.restart_window()
+            self._prewarm_neighbours()
+        log.info("edgedet: now serving %s with %d threads", reload.artifact, pipeline.backend.threads)
 
     def _apply(self, switch: Switch, future: Future) -> None:
         """Serve ``switch.target`` (its pipeline in ``future``): one reference swapped under the lock."""

@@ -146,3 +146,29 @@ def test_pareto_ladder_drops_slower_less_accurate():
 def test_config_is_checked(bad):
     with pytest.raises(ValueError):
         AdaptiveConfig(**bad)
+
+
+def test_a_rung_profiled_over_budget_is_never_stepped_up_to():
+    """The served artifact running faster than its profile (slowdown < 1) must not make a rung that
+    the profile put over the budget look like a fit."""
+    ladder = [Rung("lite0-int8", 23.0, 1), Rung("lite0-fp32", 32.6, 2)]
+    p = AdaptivePolicy(ladder, BUDGET, "lite0-int8", config=AdaptiveConfig(dwell_s=0.0), clock=lambda: 0.0)
+    for i in range(60):
+        assert p.observe("lite0-int8", 19.0, now=i * 0.05) is None  # 0.83x its profile
+    assert p.serving.name == "lite0-int8"
+
+
+def test_flapping_backs_off():
+    """A rung whose profile is too optimistic (it really runs 1.3x slower than profiled, the others
+    as profiled) is retried ever more rarely instead of after every dwell."""
+    p = policy(serving="d0-int8", dwell_s=2.0)
+    now, ups = 0.0, 0
+    for _ in range(int(120 / 0.05)):  # two minutes at 20 calls per second
+        rung = p.serving
+        ms = rung.profiled_ms * (1.3 if rung.name == "d0-fp32" else 1.0)
+        switch = p.observe(rung.name, ms, now=now)
+        if switch and switch.direction == "up":
+            ups += 1
+        now += 0.05
+    # without the back-off: a step up every ~2.5 s (dwell, then 10 calls), ~45 in two minutes
+    assert 2 <= ups <= 7, ups

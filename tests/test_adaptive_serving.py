@@ -202,3 +202,62 @@ def test_real_slowdown_adaptive_holds_budget_static_does_not(models, tmp_path):
     print(f"\nbudget {budget:.0f} ms; profiled d0 {accurate:.0f}, lite0 {fast:.0f}; static under load: median "
           f"{statistics.median(static_ms):.0f} ms; adaptive after switch p90 {_p90(after):.0f} ms "
           f"(median {statistics.median(after):.0f}); {adaptive.switches[0].reason}")
+
+
+# ------------------------------------------------------------------------------ threads follow the quota
+
+
+def test_neighbours_are_warm_before_the_first_call(models, tmp_path):
+    """The first neighbours load in the constructor: a background load would share the cores with
+    the first served calls."""
+    cache = tmp_path / "profiles.json"
+    fake_profile(cache, models, PROFILED)
+    det = Detector(1e5, models=models, profile_cache=cache, frame_size=FRAME_SIZE, adapt=FAST)
+    try:
+        assert det.adaptive and det.artifact.name == "d0/onnxruntime-fp32"
+        warm = dict(det._warm)
+        assert {"d0/onnxruntime-fp32", "d0/onnxruntime-int8"} <= set(warm)
+        assert all(future.done() and not future.cancelled() for future in warm.values())
+    finally:
+        det.close()
+
+
+def _serve_until(det: Detector, done, limit_s: float = 60.0) -> int:
+    """Serve frames until ``done()`` (a deadline for the behaviour, not a timing assertion)."""
+    deadline, calls = time.monotonic() + limit_s, 0
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {calls} calls; reloads {det.reloads}"
+        det.serve(frame(calls))
+        calls += 1
+    return calls
+
+
+def test_threads_follow_a_changing_cpu_quota(models, tmp_path):
+    """A real cgroup CPU quota cut to one core while serving: the adaptive detector reloads its
+    artifact with one thread (more would burn the quota in bursts and stall), and with all cores
+    again when the quota is lifted."""
+    from benchmarks.cpu_quota import cpu_quota
+    from edgedet.cpu import usable_cores
+
+    cores = usable_cores()
+    assert cores >= 2, f"this test needs 2 usable cores to take one away, this process has {cores}"
+    real = tmp_path / "models"
+    for name in ("lite0/onnxruntime-int8", "lite0/onnxruntime-fp32"):
+        shutil.copytree(models / name, real / name)
+    cache = tmp_path / "profiles.json"
+    fake_profile(cache, real, PROFILED)
+    with cpu_quota(None, name="edgedet-test-threads") as quota:
+        quota.add(os.getpid())
+        det = Detector(1e5, models=real, profile_cache=cache, frame_size=FRAME_SIZE, adapt=FAST)
+        try:
+            served = det.artifact.name
+            assert det.adaptive and det.pipeline.backend.threads == cores
+            quota.set(1.0)
+            _serve_until(det, lambda: det.pipeline.backend.threads == 1)
+            quota.set(None)
+            _serve_until(det, lambda: det.pipeline.backend.threads == cores)
+        finally:
+            det.close()
+    assert [(r.threads_from, r.threads_to) for r in det.reloads] == [(cores, 1), (1, cores)]
+    assert all(r.artifact == served for r in det.reloads) and det.switches == []
+    assert "usable cores changed" in det.reloads[0].reason
