@@ -4,7 +4,8 @@
     python benchmarks/run.py --device cpu
 
 builds (or reuses) the artifacts it needs through ``converters.convert``, measures each one's
-model-only and end-to-end latency with fixed thread counts, adds the PyTorch eager reference,
+model-only and end-to-end latency with fixed thread counts (and where the end-to-end time goes:
+preprocess, inference, decode + NMS), checks the performance targets, adds the PyTorch eager reference,
 parity, mAP (trained reference weights only), the machine's GEMM peak and the BiFPN fusion
 ablation, prints the table and writes ``results.json``, ``results.csv`` and PNG plots to
 ``--out``. Method and JSON schema: ``benchmarks/README.md``.
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks import accuracy, context, exports, limits, matrix, plots, report
     from benchmarks.results import Matrix
     from benchmarks.schema import SCHEMA_VERSION
-    from benchmarks.targets import TargetError, resolve_formats
+    from benchmarks.targets import TargetError, check_targets, resolve_formats
     from edgedet.manifest import PRECISIONS
 
     started = time.time()
@@ -260,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ---------------------------------------------------------------------------- outputs
     rows = result.rows
     matrix.finalize(rows, ctx["limits"])
+    checks = check_targets(rows)
+    notes.extend(report.residual_notes(rows))
     problems = limits.share_problems(rows)
     for problem in problems:  # physically impossible: a probe is wrong, and the run says so
         log.error("%s", problem)
@@ -287,15 +290,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "interrupted": interrupted, "not_measured": result.not_measured,
         "machine": machine, "settings": _settings(args, variants, targets, models_dir, weights, eval_set),
         "export": export_summary.to_dict(), "context": ctx, "rows": [r.to_dict() for r in rows],
-        "plots": plot_files, "notes": notes,
+        "checks": [c.to_dict() for c in checks], "plots": plot_files, "notes": notes,
     }
     report.write_json(out_dir / "results.json", results)
     report.write_csv(out_dir / "results.csv", rows)
 
-    print(report.format_table(rows))
-    text = report.format_context(ctx)
-    if text:
-        print("\n" + text)
+    print(report.format_table(rows, ctx["limits"]))
+    for text in (report.format_checks(checks), report.format_context(ctx)):
+        if text:
+            print("\n" + text)
     print("\n" + export_summary.summary())
     for n in notes:
         print(f"note: {n}")
