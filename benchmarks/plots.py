@@ -176,9 +176,10 @@ def plot_stages(rows: Sequence[Row], path: Path) -> Path | None:
     variants = _variant_order(ok)
     groups = [sorted((r for r in ok if r.variant == v), key=lambda r: (r.backend == TORCH, r.backend, r.precision))
               for v in variants]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(9, sum(0.3 * len(g) + 0.9 for g in groups) + 0.6),
-                             squeeze=False, gridspec_kw={"height_ratios": [len(g) + 1 for g in groups]})
-    for ax, group in zip(axes[:, 0], groups):
+    # One panel per variant, and a last row for the legend alone (clear of the bars).
+    fig, axes = plt.subplots(len(groups) + 1, 1, figsize=(9, sum(0.3 * len(g) + 0.9 for g in groups) + 1.2),
+                             squeeze=False, gridspec_kw={"height_ratios": [len(g) + 1 for g in groups] + [1.2]})
+    for ax, group in zip(axes[:-1, 0], groups):
         labels = [f"{r.backend} {r.precision}" for r in group]
         left = [0.0] * len(group)
         for stage in (*STAGES, RESIDUAL):
@@ -195,9 +196,10 @@ def plot_stages(rows: Sequence[Row], path: Path) -> Path | None:
         ax.set_xlim(0, max(max(left), max(e2e)) * 1.3)
         ax.set_ylabel(group[0].variant)
         ax.grid(True, axis="x", alpha=0.3)
-    axes[-1, 0].set_xlabel("p50 of each stage inside the end-to-end call (ms)")
-    axes[0, 0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Where the end-to-end time goes")
+    axes[-2, 0].set_xlabel("p50 of each stage inside the end-to-end call (ms)")
+    axes[-1, 0].axis("off")
+    axes[-1, 0].legend(*axes[0, 0].get_legend_handles_labels(), loc="center", ncol=3, fontsize=7)
+    axes[0, 0].set_title("Where the end-to-end time goes")
     return _save(fig, path)
 
 
