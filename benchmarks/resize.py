@@ -332,10 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _list(text: str) -> list[str]:
-    return [x.strip().lower() for x in text.split(",") if x.strip()]
-
-
 def _cell(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -370,18 +366,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from benchmarks.exports import default_models_dir
     from benchmarks.measure import bench_frames
+    from benchmarks.run import comma_list
     from benchmarks.report import machine_info, write_json
     from edgedet.config import get_config
     from edgedet.cpu import resolve_threads
     from edgedet.hub import cache_dir
 
     try:
-        frame_sizes = [frame_size_arg(x) for x in _list(args.frame_sizes)]
-        methods = _list(args.methods)
+        frame_sizes = [frame_size_arg(x) for x in comma_list(args.frame_sizes)]
+        methods = comma_list(args.methods)
         unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods or methods[0] != "area":
             raise ValueError(f"--methods must start with area and name only {', '.join(METHODS)}; got {args.methods}")
-        variants = _list(args.variants)
+        variants = comma_list(args.variants)
         sizes = {v: get_config(v).image_size for v in variants}
         if args.runs < 1 or args.scenes < 1 or args.map_images < 0:
             raise ValueError("--runs and --scenes must be at least 1, --map-images at least 0")

@@ -60,7 +60,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def _list(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
+    """``"a, B,,c"`` -> ``["a", "b", "c"]``: a command line's comma-separated list, lower case."""
     return [x.strip().lower() for x in text.split(",") if x.strip()]
 
 
@@ -73,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="target device (default: cpu)")
     what.add_argument("--variants", default=DEFAULT_VARIANTS, metavar="LIST",
                       help="variants or ranges, e.g. lite0,d0-d2 (default: %(default)s)")
-    what.add_argument("--backends", type=_list, metavar="LIST",
+    what.add_argument("--backends", type=comma_list, metavar="LIST",
                       help="formats: onnx, openvino, tflite (default: every registered exporter whose "
                            "packages are installed)")
-    what.add_argument("--precisions", type=_list, default=["fp32", "fp16", "int8"], metavar="LIST",
+    what.add_argument("--precisions", type=comma_list, default=["fp32", "fp16", "int8"], metavar="LIST",
                       help="fp32, fp16, int8 (default: all)")
     how = p.add_argument_group("how to measure")
     how.add_argument("--threads", type=_positive, default=os.cpu_count() or 1,
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _none_or_list(text: str) -> list[str]:
-    items = _list(text)
+    items = comma_list(text)
     return [] if items in ([], ["none"]) else items
 
 
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     progress = not args.no_progress
     try:
-        variants = parse_variants(",".join(_list(args.variants)))
+        variants = parse_variants(",".join(comma_list(args.variants)))
         bad = [p for p in args.precisions if p not in PRECISIONS]
         if bad or not args.precisions:
             raise TargetError(f"unknown precision {bad[0] if bad else '(none)'}; choose from {', '.join(PRECISIONS)}")

@@ -235,13 +235,17 @@ class Check:
         return f"{verdict} {self.target:<13} {self.subject:<28} {self.detail}"
 
 
+#: Targets that are shares (shown in %); the others are speed-ups (shown as 1.8x).
+_SHARES = ("outside_share", "peak_share")
+
+
 def _check(target: str, subject: str, value: float | None, limit: float, at_least: bool, what: str,
            why_none: str = "") -> Check:
     if value is None:
         return Check(target, subject, None, limit, at_least, None, why_none)
     met = value >= limit if at_least else value <= limit
-    shown = f"{100 * value:.1f}%" if target in ("outside_share", "peak_share") else f"{value:.2f}x"
-    bound = f"{100 * limit:.0f}%" if target in ("outside_share", "peak_share") else f"{limit:g}x"
+    shown = f"{100 * value:.1f}%" if target in _SHARES else f"{value:.2f}x"
+    bound = f"{100 * limit:.0f}%" if target in _SHARES else f"{limit:g}x"
     return Check(target, subject, round(value, 4), limit, at_least, met,
                  f"{what} {shown} ({'>=' if at_least else '<='} {bound})")
 
