@@ -26,7 +26,7 @@ from edgedet.manifest import WeightsInfo
 from benchmarks import accuracy
 from benchmarks.exports import ExportSummary, VariantWeights
 from benchmarks.limits import peak_for
-from benchmarks.measure import load_detector, time_detector, time_pipeline, torch_pipeline
+from benchmarks.measure import Timing, load_detector, time_detector, time_pipeline, torch_pipeline
 from benchmarks.results import TORCH, Matrix, Row, stats_dict
 from benchmarks.targets import Target, torch_device
 
@@ -205,12 +205,13 @@ def _measure_torch(p: Planned, planned: Sequence[Planned], frames: Sequence[np.n
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _fill_timing(row: Row, timing: Any) -> None:
+def _fill_timing(row: Row, timing: Timing) -> None:
     row.model_ms, row.e2e_ms = stats_dict(timing.model), stats_dict(timing.e2e)
     row.fps = round(1000.0 / timing.e2e.p50, 2) if timing.e2e.p50 > 0 else None
-    if timing.post is not None:
-        row.post_ms = stats_dict(timing.post)
-        row.post_share = round(timing.post.p50 / timing.e2e.p50, 4) if timing.e2e.p50 > 0 else None
+    if timing.stages is not None:
+        row.stages_ms = {name: stats_dict(stats) for name, stats in timing.stages.items()}
+        outside = timing.stages["pre"].p50 + timing.stages["decode"].p50
+        row.outside_share = round(outside / timing.e2e.p50, 4) if timing.e2e.p50 > 0 else None
     row.status = "ok"
 
 
@@ -314,9 +315,11 @@ def run_matrix(planned: Sequence[Planned], frames: Sequence[np.ndarray], setting
 
 
 def finalize(rows: Sequence[Row], limits: dict | None) -> None:
-    """Fill the derived columns: speed-up vs the variant's torch row, G(FL)OP/s, and the share of the
-    measured peak of the row's precision (FP32 rows of the FP32 peak, INT8 rows of the INT8 peak)."""
+    """Fill the derived columns: speed-up vs the variant's torch row and vs the same backend's FP32
+    row (model-only), G(FL)OP/s, and the share of the measured peak of the row's precision (FP32
+    rows of the FP32 peak, INT8 rows of the INT8 peak)."""
     torch_p50 = {r.variant: r.model_p50() for r in rows if r.backend == TORCH and r.ok}
+    fp32_p50 = {(r.variant, r.backend): r.model_p50() for r in rows if r.precision == "fp32" and r.ok}
     macs = {r.variant: r.macs for r in rows if r.macs}
     for r in rows:
         if not r.ok:
@@ -327,6 +330,9 @@ def finalize(rows: Sequence[Row], limits: dict | None) -> None:
         base = torch_p50.get(r.variant)
         if base and p50:
             r.speedup_vs_torch = round(base / p50, 3)
+        fp32 = fp32_p50.get((r.variant, r.backend))
+        if r.precision != "fp32" and fp32 and p50:
+            r.speedup_vs_fp32 = round(fp32 / p50, 3)
         if r.macs and p50:
             r.gflops = round(2.0 * r.macs / (p50 / 1000.0) / 1e9, 2)
             peak = peak_for(limits, r.precision)

@@ -6,7 +6,9 @@
   over all rows drawn in every panel; made when some row has an mAP. Otherwise
   ``parity_vs_latency.png`` — top-100 agreement with PyTorch FP32 vs latency: what quantization
   costs in fidelity, since random weights have no accuracy to plot.
-* ``peak_share.png`` — achieved GFLOP/s of the FP32 rows against the GEMM peak.
+* ``stages.png`` — where each row's end-to-end time goes: stacked bars of the p50 of preprocess,
+  inference, decode + NMS and the residual, labelled with the share outside the model.
+* ``peak_share.png`` — achieved GFLOP/s of the FP32 and INT8 rows against the measured peaks.
 * ``fusion_ablation.png`` — BiFPN latency per fusion method and variant.
 """
 from __future__ import annotations
@@ -17,9 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.measure import RESIDUAL, STAGES
 from benchmarks.results import TORCH, Row
 
-__all__ = ["pareto_front", "plot_all"]
+__all__ = ["pareto_front", "plot_all", "plot_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,49 @@ def plot_parity(rows: Sequence[Row], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+_STAGE_STYLE = {"pre": ("preprocess (Pipeline.prepare)", "tab:green"), "infer": ("inference (backend.run)", "tab:blue"),
+                "decode": ("decode + NMS (Pipeline.decode)", "tab:red"), RESIDUAL: ("residual (glue)", "lightgray")}
+
+
+def plot_stages(rows: Sequence[Row], path: Path) -> Path | None:
+    """Stacked horizontal bars per row, one panel (own linear scale) per variant: p50 of each
+    end-to-end stage (ms), the end-to-end p50 marked, and the outside-the-model share beside each
+    bar. The parts' p50s need not add up exactly to the end-to-end p50 (a median of sums is not
+    the sum of medians)."""
+    ok = [r for r in rows if r.ok and r.stages_ms]
+    if not ok:
+        return None
+    plt = _pyplot()
+    variants = _variant_order(ok)
+    groups = [sorted((r for r in ok if r.variant == v), key=lambda r: (r.backend == TORCH, r.backend, r.precision))
+              for v in variants]
+    # One panel per variant, and a last row for the legend alone (clear of the bars).
+    fig, axes = plt.subplots(len(groups) + 1, 1, figsize=(9, sum(0.3 * len(g) + 0.9 for g in groups) + 1.2),
+                             squeeze=False, gridspec_kw={"height_ratios": [len(g) + 1 for g in groups] + [1.2]})
+    for ax, group in zip(axes[:-1, 0], groups):
+        labels = [f"{r.backend} {r.precision}" for r in group]
+        left = [0.0] * len(group)
+        for stage in (*STAGES, RESIDUAL):
+            widths = [r.stage_p50(stage) for r in group]
+            name, color = _STAGE_STYLE[stage]
+            ax.barh(labels, widths, left=left, color=color, label=name)
+            left = [a + b for a, b in zip(left, widths)]
+        e2e = [r.e2e_p50() for r in group]
+        ax.scatter(e2e, labels, marker="|", color="black", s=150, label="end-to-end p50", zorder=3)
+        for y, (r, x) in enumerate(zip(group, left)):
+            ax.annotate(f"{100 * r.outside_share:.0f}% outside", (max(x, r.e2e_p50()), y), xytext=(4, 0),
+                        textcoords="offset points", va="center", fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(max(left), max(e2e)) * 1.3)
+        ax.set_ylabel(group[0].variant)
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[-2, 0].set_xlabel("p50 of each stage inside the end-to-end call (ms)")
+    axes[-1, 0].axis("off")
+    axes[-1, 0].legend(*axes[0, 0].get_legend_handles_labels(), loc="center", ncol=3, fontsize=7)
+    axes[0, 0].set_title("Where the end-to-end time goes")
+    return _save(fig, path)
+
+
 def plot_peak_share(rows: Sequence[Row], limits: dict[str, Any], path: Path) -> Path | None:
     """Share of the measured peak of their precision (FP32, INT8) reached by the rows, one panel each."""
     panels = [(kind, [r for r in rows if r.ok and r.precision == kind and r.peak_share is not None])
@@ -211,6 +257,7 @@ def plot_all(rows: Sequence[Row], context: dict[str, Any], out_dir: Path) -> tup
     jobs = [
         ("latency.png", lambda p: plot_latency(rows, p), "no measured rows: no latency plot"),
         ("accuracy_vs_latency.png", lambda p: plot_accuracy(rows, p), None),
+        ("stages.png", lambda p: plot_stages(rows, p), None),
         ("peak_share.png", lambda p: plot_peak_share(rows, found_limits, p),
          "no FP32/INT8 row with MACs or no measured peak: no peak-share plot"),
         ("fusion_ablation.png", lambda p: plot_fusion(context.get("fusion_ablation"), p), None),

@@ -14,10 +14,13 @@ from typing import Any
 
 from edgedet._atomic import atomic_write_text
 
+from benchmarks.measure import RESIDUAL, STAGES
 from benchmarks.results import TORCH, Row
 from benchmarks.schema import CSV_COLUMNS
+from benchmarks.targets import Check, int8_shortfall
 
-__all__ = ["csv_text", "format_context", "format_table", "machine_info", "write_csv", "write_json"]
+__all__ = ["csv_text", "format_checks", "format_context", "format_table", "machine_info", "peaks_header",
+           "residual_notes", "write_csv", "write_json"]
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +101,24 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else format(value, spec) + suffix
 
 
+def _stages(row: Row) -> str:
+    if not row.stages_ms:
+        return "-"
+    return "/".join(f"{row.stage_p50(stage):.1f}" for stage in STAGES)
+
+
 def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
     """The printed table's cells (header first)."""
     header = ("variant", "backend", "prec", "input", "MB", "model p50/p90 ms", "e2e p50/p90 ms", "FPS",
-              "post %", "x torch", "parity cls cos/det AP50", "mAP", "%peak", "note")
+              "pre/infer/decode ms", "out %", "x torch", "x fp32", "parity cls cos/det AP50", "mAP", "%peak", "note")
     out = [header]
     for r in rows:
         note = "" if r.ok else f"{r.status}: {r.reason or ''}"
         if r.ok:
             notes = []
+            shortfall = int8_shortfall(r)
+            if shortfall:
+                notes.append(shortfall)
             if r.weights == "random":
                 notes.append("random weights")
             if r.runtime_precision and r.runtime_precision.lower() not in ("f32", "fp32", "float32"):
@@ -116,20 +128,31 @@ def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
             note = "; ".join(notes)
         out.append((r.variant, r.backend, r.precision, _num(r.input_size, "d"),
                     _num(r.size_mb, ".1f"), _ms(r.model_ms), _ms(r.e2e_ms), _num(r.fps, ".1f"),
-                    _num(None if r.post_share is None else 100 * r.post_share, ".1f"),
-                    _num(r.speedup_vs_torch, ".2f", "x"), _parity(r), _map(r),
+                    _stages(r), _num(None if r.outside_share is None else 100 * r.outside_share, ".1f"),
+                    _num(r.speedup_vs_torch, ".2f", "x"), _num(r.speedup_vs_fp32, ".2f", "x"), _parity(r), _map(r),
                     _num(None if r.peak_share is None else 100 * r.peak_share, ".0f", "%"), note[:90]))
     return out
 
 
-def format_table(rows: Sequence[Row]) -> str:
-    """An aligned text table, one line per row, grouped by variant."""
+def peaks_header(limits: dict[str, Any] | None) -> str:
+    """The table's first line: the measured peaks each row's ``%peak`` is a share of."""
+    if not limits:
+        return "%peak: no measured peaks (--gemm-sizes none)"
+    parts = [f"{kind.upper()} {limits[kind]['peak']:.0f} {unit} ({limits[kind]['winner']})"
+             for kind, unit in (("fp32", "GFLOP/s"), ("int8", "GOPS")) if limits.get(kind)]
+    return (f"measured peaks, {_threads(limits['threads'])}: {', '.join(parts) or 'none'}; "
+            f"%peak = 2 x MACs / model-only p50 as a share of the row's precision's peak")
+
+
+def format_table(rows: Sequence[Row], limits: dict[str, Any] | None = None) -> str:
+    """An aligned text table, one line per row, grouped by variant, under a line with the measured
+    peaks (``limits``, :mod:`benchmarks.limits`)."""
     cells = table_rows(rows)
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
-    right = {3, 4, 5, 6, 7, 8, 10, 11}
+    right = set(range(3, 15))  # the figures
     def line(c: Sequence[str]) -> str:
         return "  ".join(x.rjust(w) if i in right else x.ljust(w) for i, (x, w) in enumerate(zip(c, widths))).rstrip()
-    lines = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    lines = [peaks_header(limits), line(cells[0]), "  ".join("-" * w for w in widths)]
     previous = None
     for r, c in zip(rows, cells[1:]):
         if previous is not None and r.variant != previous:
@@ -182,6 +205,37 @@ def format_context(context: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: A residual (end-to-end time outside the three stages) above this share of the end-to-end p50 is
+#: worth a note: something outside Pipeline.prepare/backend.run/Pipeline.decode costs time.
+RESIDUAL_NOTE_SHARE = 0.02
+
+
+def residual_notes(rows: Sequence[Row]) -> list[str]:
+    """A note with the largest residual of the run (what the stage timing did not cover), and one per
+    row whose residual p50 is above :data:`RESIDUAL_NOTE_SHARE` of its end-to-end p50."""
+    timed = [r for r in rows if r.ok and r.stages_ms and r.e2e_p50()]
+    if not timed:
+        return []
+    share = {r.name: r.stage_p50(RESIDUAL) / r.e2e_p50() for r in timed}
+    top = max(timed, key=lambda r: share[r.name])
+    notes = [f"stage timing: the end-to-end time outside prepare/run/decode (residual p50) is at most "
+             f"{top.stage_p50(RESIDUAL):.3f} ms, {100 * share[top.name]:.2f}% of the end-to-end p50 ({top.name})"]
+    notes += [f"{r.name}: residual p50 {r.stage_p50(RESIDUAL):.2f} ms is {100 * share[r.name]:.1f}% of the "
+              f"end-to-end p50: time is spent outside the pipeline's stages" for r in timed
+              if share[r.name] > RESIDUAL_NOTE_SHARE]
+    return notes
+
+
+def format_checks(checks: Sequence[Check]) -> str:
+    """The performance targets this run could check, one line each (met / MISSED / n/a)."""
+    if not checks:
+        return ""
+    met = sum(c.met is True for c in checks)
+    missed = sum(c.met is False for c in checks)
+    return "\n".join([f"Targets: {met} met, {missed} missed, {len(checks) - met - missed} not measurable here",
+                      *("  " + c.line() for c in checks)])
+
+
 # ------------------------------------------------------------------------------------ files
 
 
@@ -218,8 +272,9 @@ def csv_row(r: Row) -> dict[str, Any]:
         "precision": r.precision, "device": r.device, "status": r.status, "input_size": r.input_size,
         "size_mb": r.size_mb, "weights": r.weights, "model_p50_ms": m.get("p50"), "model_p90_ms": m.get("p90"),
         "e2e_p50_ms": e.get("p50"), "e2e_p90_ms": e.get("p90"), "runs": e.get("runs"), "fps": r.fps,
-        "post_p50_ms": None if r.post_ms is None else r.post_ms.get("p50"), "post_share": r.post_share,
-        "speedup_vs_torch": r.speedup_vs_torch, "cls_cosine": p.get("cls_cosine"),
+        **{f"{stage}_p50_ms": r.stage_p50(stage) for stage in (*STAGES, RESIDUAL)},
+        "outside_share": r.outside_share, "speedup_vs_torch": r.speedup_vs_torch,
+        "speedup_vs_fp32": r.speedup_vs_fp32, "cls_cosine": p.get("cls_cosine"),
         "box_cosine": p.get("box_cosine"), "top100_agreement": p.get("top100_agreement"),
         "detection_ap50": p.get("detection_ap50"),
         "map_ap": None if r.map is None else r.map.get("AP"), "map_ap50": None if r.map is None else r.map.get("AP50"),

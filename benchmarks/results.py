@@ -53,9 +53,11 @@ class Row:
     model_ms: dict[str, Any] | None = None  # backend.run on a preprocessed batch
     e2e_ms: dict[str, Any] | None = None  # preprocess + run + decode + NMS on the frame
     fps: float | None = None  # 1000 / e2e p50
-    post_ms: dict[str, Any] | None = None  # decode + NMS + box mapping on the model's outputs
-    post_share: float | None = None  # post p50 / e2e p50
+    #: inside the end-to-end calls: {"pre", "infer", "decode", "residual"} -> latency (benchmarks.measure)
+    stages_ms: dict[str, dict[str, Any]] | None = None
+    outside_share: float | None = None  # (pre p50 + decode p50) / e2e p50: the time outside the model
     speedup_vs_torch: float | None = None  # torch (eager FP32) model p50 / this model p50
+    speedup_vs_fp32: float | None = None  # the same backend's FP32 model p50 / this model p50 (fp16, int8 rows)
     parity: dict[str, Any] | None = None  # from the manifest, measured at export
     map: dict[str, Any] | None = None  # COCO metrics when a trained model and its val set exist
     macs: int | None = None
@@ -81,6 +83,10 @@ class Row:
 
     def e2e_p50(self) -> float | None:
         return None if self.e2e_ms is None else float(self.e2e_ms["p50"])
+
+    def stage_p50(self, stage: str) -> float | None:
+        """p50 of one end-to-end stage (``pre``, ``infer``, ``decode``, ``residual``), ms."""
+        return None if not self.stages_ms else float(self.stages_ms[stage]["p50"])
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

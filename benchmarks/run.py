@@ -4,7 +4,8 @@
     python benchmarks/run.py --device cpu
 
 builds (or reuses) the artifacts it needs through ``converters.convert``, measures each one's
-model-only and end-to-end latency with fixed thread counts, adds the PyTorch eager reference,
+model-only and end-to-end latency with fixed thread counts (and where the end-to-end time goes:
+preprocess, inference, decode + NMS), checks the performance targets, adds the PyTorch eager reference,
 parity, mAP (trained reference weights only), the machine's GEMM peak and the BiFPN fusion
 ablation, prints the table and writes ``results.json``, ``results.csv`` and PNG plots to
 ``--out``. Method and JSON schema: ``benchmarks/README.md``.
@@ -59,7 +60,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def _list(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
+    """``"a, B,,c"`` -> ``["a", "b", "c"]``: a command line's comma-separated list, lower case."""
     return [x.strip().lower() for x in text.split(",") if x.strip()]
 
 
@@ -72,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="target device (default: cpu)")
     what.add_argument("--variants", default=DEFAULT_VARIANTS, metavar="LIST",
                       help="variants or ranges, e.g. lite0,d0-d2 (default: %(default)s)")
-    what.add_argument("--backends", type=_list, metavar="LIST",
+    what.add_argument("--backends", type=comma_list, metavar="LIST",
                       help="formats: onnx, openvino, tflite (default: every registered exporter whose "
                            "packages are installed)")
-    what.add_argument("--precisions", type=_list, default=["fp32", "fp16", "int8"], metavar="LIST",
+    what.add_argument("--precisions", type=comma_list, default=["fp32", "fp16", "int8"], metavar="LIST",
                       help="fp32, fp16, int8 (default: all)")
     how = p.add_argument_group("how to measure")
     how.add_argument("--threads", type=_positive, default=os.cpu_count() or 1,
@@ -127,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _none_or_list(text: str) -> list[str]:
-    items = _list(text)
+    items = comma_list(text)
     return [] if items in ([], ["none"]) else items
 
 
@@ -183,13 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks import accuracy, context, exports, limits, matrix, plots, report
     from benchmarks.results import Matrix
     from benchmarks.schema import SCHEMA_VERSION
-    from benchmarks.targets import TargetError, resolve_formats
+    from benchmarks.targets import TargetError, check_targets, resolve_formats
     from edgedet.manifest import PRECISIONS
 
     started = time.time()
     progress = not args.no_progress
     try:
-        variants = parse_variants(",".join(_list(args.variants)))
+        variants = parse_variants(",".join(comma_list(args.variants)))
         bad = [p for p in args.precisions if p not in PRECISIONS]
         if bad or not args.precisions:
             raise TargetError(f"unknown precision {bad[0] if bad else '(none)'}; choose from {', '.join(PRECISIONS)}")
@@ -260,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ---------------------------------------------------------------------------- outputs
     rows = result.rows
     matrix.finalize(rows, ctx["limits"])
+    checks = check_targets(rows)
+    notes.extend(report.residual_notes(rows))
     problems = limits.share_problems(rows)
     for problem in problems:  # physically impossible: a probe is wrong, and the run says so
         log.error("%s", problem)
@@ -287,15 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "interrupted": interrupted, "not_measured": result.not_measured,
         "machine": machine, "settings": _settings(args, variants, targets, models_dir, weights, eval_set),
         "export": export_summary.to_dict(), "context": ctx, "rows": [r.to_dict() for r in rows],
-        "plots": plot_files, "notes": notes,
+        "checks": [c.to_dict() for c in checks], "plots": plot_files, "notes": notes,
     }
     report.write_json(out_dir / "results.json", results)
     report.write_csv(out_dir / "results.csv", rows)
 
-    print(report.format_table(rows))
-    text = report.format_context(ctx)
-    if text:
-        print("\n" + text)
+    print(report.format_table(rows, ctx["limits"]))
+    for text in (report.format_checks(checks), report.format_context(ctx)):
+        if text:
+            print("\n" + text)
     print("\n" + export_summary.summary())
     for n in notes:
         print(f"note: {n}")

@@ -13,9 +13,10 @@ from typing import Any
 
 from benchmarks.results import STATUSES
 
-__all__ = ["CSV_COLUMNS", "RESULTS_SCHEMA", "SCHEMA_VERSION", "validate"]
+__all__ = ["CHECK", "CSV_COLUMNS", "RESULTS_SCHEMA", "SCHEMA_VERSION", "STAGES_MS", "validate"]
 
-SCHEMA_VERSION = 2  # 2: the reference rows are backend "torch" (was "pytorch"), speedup_vs_torch
+SCHEMA_VERSION = 3  # 3: stages_ms/outside_share replace post_ms/post_share; checks
+#                      2: the reference rows are backend "torch" (was "pytorch"), speedup_vs_torch
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -33,11 +34,19 @@ LATENCY = {
 }
 _LATENCY_OR_NULL = {**LATENCY, "type": ["object", "null"]}
 
+#: The end-to-end call's stages (benchmarks.measure.STAGES and the residual), each over the same frames.
+STAGES_MS = {
+    "type": ["object", "null"],
+    "required": ["pre", "infer", "decode", "residual"],
+    "properties": {name: LATENCY for name in ("pre", "infer", "decode", "residual")},
+    "additionalProperties": False,
+}
+
 ROW = {
     "type": "object",
     "required": ["variant", "family", "phi", "backend", "format", "precision", "device", "status", "reason",
-                 "input_size", "size_mb", "weights", "model_ms", "e2e_ms", "fps", "speedup_vs_torch",
-                 "parity", "map", "macs", "gflops", "peak_share"],
+                 "input_size", "size_mb", "weights", "model_ms", "e2e_ms", "fps", "stages_ms", "outside_share",
+                 "speedup_vs_torch", "speedup_vs_fp32", "parity", "map", "macs", "gflops", "peak_share"],
     "properties": {
         "variant": {"type": "string"},
         "family": {"type": "string", "enum": ["d", "lite"]},
@@ -62,9 +71,10 @@ ROW = {
         "model_ms": _LATENCY_OR_NULL,
         "e2e_ms": _LATENCY_OR_NULL,
         "fps": _NUM_OR_NULL,
-        "post_ms": _LATENCY_OR_NULL,
-        "post_share": _NUM_OR_NULL,
+        "stages_ms": STAGES_MS,
+        "outside_share": _NUM_OR_NULL,
         "speedup_vs_torch": _NUM_OR_NULL,
+        "speedup_vs_fp32": _NUM_OR_NULL,
         "parity": {"type": ["object", "null"],
                    "additionalProperties": {"type": ["number", "string", "boolean", "null"]}},
         "map": {"type": ["object", "null"], "required": ["AP", "AP50", "source"],
@@ -86,6 +96,18 @@ _PEAK = {"type": ["object", "null"], "required": ["peak", "winner", "by_kernel"]
                         "by_kernel": {"type": "object", "additionalProperties": {
                             "type": "object", "additionalProperties": _NUM}}}}
 
+#: One performance target checked on the run's rows (benchmarks.targets.Check).
+CHECK = {
+    "type": "object",
+    "required": ["target", "subject", "value", "limit", "at_least", "met", "detail"],
+    "properties": {"target": {"type": "string", "enum": ["e2e_vs_torch", "outside_share", "int8_vs_fp32",
+                                                          "peak_share"]},
+                   "subject": {"type": "string"}, "value": _NUM_OR_NULL, "limit": _NUM,
+                   "at_least": {"type": "boolean"}, "met": {"type": ["boolean", "null"]},
+                   "detail": {"type": "string"}},
+    "additionalProperties": False,
+}
+
 _FUSION_LATENCIES = {"type": "object", "required": ["fast_normalized", "softmax", "sum"],
                      "additionalProperties": LATENCY}
 
@@ -94,7 +116,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
     "title": "edgedet benchmark results",
     "type": "object",
     "required": ["schema_version", "kind", "created", "seconds", "interrupted", "machine", "settings", "export",
-                 "context", "rows"],
+                 "context", "rows", "checks"],
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION},
         "kind": {"const": "edgedet-benchmark"},
@@ -177,6 +199,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
             },
         },
         "rows": {"type": "array", "items": ROW},
+        "checks": {"type": "array", "items": CHECK},
         "plots": {"type": "array", "items": {"type": "string"}},
         "notes": {"type": "array", "items": {"type": "string"}},
     },
@@ -186,7 +209,8 @@ RESULTS_SCHEMA: dict[str, Any] = {
 CSV_COLUMNS: tuple[str, ...] = (
     "variant", "family", "phi", "backend", "format", "precision", "device", "status", "input_size",
     "size_mb", "weights", "model_p50_ms", "model_p90_ms", "e2e_p50_ms", "e2e_p90_ms", "runs", "fps",
-    "post_p50_ms", "post_share", "speedup_vs_torch", "cls_cosine", "box_cosine", "top100_agreement", "detection_ap50", "map_ap", "map_ap50",
+    "pre_p50_ms", "infer_p50_ms", "decode_p50_ms", "residual_p50_ms", "outside_share", "speedup_vs_torch",
+    "speedup_vs_fp32", "cls_cosine", "box_cosine", "top100_agreement", "detection_ap50", "map_ap", "map_ap50",
     "gmacs", "gflops", "peak_share", "runtime_precision", "runtime_version", "load_seconds", "reason",
 )
 

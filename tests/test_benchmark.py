@@ -53,7 +53,7 @@ def test_smallest_benchmark(models, tmp_path, capsys):
     assert validate(results) == []
     jsonschema.validate(results, RESULTS_SCHEMA)
 
-    assert results["schema_version"] == 2 and results["interrupted"] is False
+    assert results["schema_version"] == 3 and results["interrupted"] is False
     assert results["machine"]["threads"] == 1 and "onnxruntime" in results["machine"]["runtimes"]
     assert results["settings"]["backends"] == ["onnx"] and results["export"]["skipped"] is True
     rows = {(r["backend"], r["precision"]): r for r in results["rows"]}
@@ -64,8 +64,13 @@ def test_smallest_benchmark(models, tmp_path, capsys):
         row = rows[key]
         assert row["status"] == "ok", row
         assert row["model_ms"]["runs"] == 3 and row["e2e_ms"]["p50"] > 0 and row["fps"] > 0
-        # decode + NMS timed on its own, as a share of the end-to-end latency
-        assert row["post_ms"]["runs"] == 3 and 0 < row["post_share"] < 1
+        # the stages timed inside the same end-to-end calls: per frame they add up to it exactly
+        stages = row["stages_ms"]
+        assert set(stages) == {"pre", "infer", "decode", "residual"}
+        assert all(stages[k]["runs"] == 3 and stages[k]["min"] > 0 for k in ("pre", "infer", "decode"))
+        assert sum(s["mean"] for s in stages.values()) == pytest.approx(row["e2e_ms"]["mean"], abs=1e-3)
+        outside = (stages["pre"]["p50"] + stages["decode"]["p50"]) / row["e2e_ms"]["p50"]
+        assert 0 < row["outside_share"] < 1 and row["outside_share"] == pytest.approx(outside, abs=1e-4)
         assert row["speedup_vs_torch"] > 0 and row["macs"] > 0 and row["weights"] == "random"
         assert row["map"] is None  # random weights: no mAP
     assert rows[("onnxruntime", "fp32")]["peak_share"] > 0
@@ -73,6 +78,21 @@ def test_smallest_benchmark(models, tmp_path, capsys):
     assert rows[("onnxruntime", "fp16")]["peak_share"] is None  # a CPU has no FP16 peak of its own
     assert rows[("onnxruntime", "int8")]["parity"]["cls_cosine"] > 0.99  # copied from the manifest
     assert rows[("torch", "fp32")]["speedup_vs_torch"] == 1.0
+    int8, fp32 = rows[("onnxruntime", "int8")], rows[("onnxruntime", "fp32")]
+    assert int8["speedup_vs_fp32"] == pytest.approx(fp32["model_ms"]["p50"] / int8["model_ms"]["p50"], rel=1e-3)
+    assert fp32["speedup_vs_fp32"] is None and rows[("torch", "fp32")]["speedup_vs_fp32"] is None
+
+    # the issue's targets this run can check: lite0's best INT8 vs torch, its INT8 outside share,
+    # INT8 vs FP32 on onnxruntime, and the largest share of a peak
+    checks = {(c["target"], c["subject"]): c for c in results["checks"]}
+    assert set(checks) == {("e2e_vs_torch", "lite0 (best: onnxruntime)"), ("outside_share", "lite0/onnxruntime-int8"),
+                           ("int8_vs_fp32", "lite0/onnxruntime-int8"), ("peak_share", checks_peak_subject(results))}
+    e2e = checks[("e2e_vs_torch", "lite0 (best: onnxruntime)")]
+    assert e2e["limit"] == 8.0 and e2e["value"] == pytest.approx(
+        rows[("torch", "fp32")]["e2e_ms"]["p50"] / int8["e2e_ms"]["p50"], rel=1e-3)
+    assert e2e["met"] is (e2e["value"] >= 8.0)
+    assert checks[("outside_share", "lite0/onnxruntime-int8")]["value"] == pytest.approx(int8["outside_share"], abs=1e-4)
+    assert checks[("int8_vs_fp32", "lite0/onnxruntime-int8")]["value"] == pytest.approx(int8["speedup_vs_fp32"], abs=1e-3)
     # The reference row runs the artifacts' own (realistic random) weights, not another network.
     assert rows[("torch", "fp32")]["weights_source"] == rows[("onnxruntime", "fp32")]["weights_source"]
 
@@ -89,10 +109,78 @@ def test_smallest_benchmark(models, tmp_path, capsys):
         lines = list(reader)
     assert len(lines) == 4 and {line["status"] for line in lines} == {"ok", "missing"}
 
-    for name in ("latency.png", "parity_vs_latency.png", "peak_share.png", "fusion_ablation.png"):
+    for name in ("latency.png", "parity_vs_latency.png", "stages.png", "peak_share.png", "fusion_ablation.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
         assert name in results["plots"]
     assert "lite0" in printed and "onnxruntime" in printed and "FP32 peak" in printed and "INT8 peak" in printed
+    assert "measured peaks, 1 thread: FP32 " in printed and "pre/infer/decode ms" in printed
+    assert "Targets: " in printed and "e2e_vs_torch" in printed
+    assert any(n.startswith("stage timing: the end-to-end time outside") for n in results["notes"])
+
+
+def checks_peak_subject(results: dict) -> str:
+    top = max((r for r in results["rows"] if r["peak_share"] is not None), key=lambda r: r["peak_share"])
+    return f"max: {top['variant']}/{top['backend']}-{top['precision']}"
+
+
+def test_stage_timer_times_the_stages_of_real_calls(onnx_exports):
+    """StageTimer on a real artifact's pipeline: records only armed calls, one figure per stage,
+    refuses a call that skips a stage, and leaves the pipeline and backend as they were."""
+    from benchmarks.measure import StageTimer, bench_frames, load_detector
+    from edgedet.detector import find_artifacts
+
+    src, _ = onnx_exports
+    artifact = next(a for a in find_artifacts(src) if a.name == "lite0/onnxruntime-int8")
+    detector = load_detector(artifact, device="cpu", threads=1)
+    pipeline, frame = detector.pipeline, bench_frames((640, 480), count=1)[0]
+    batch, _ = pipeline.prepare([frame])
+    timer = StageTimer(pipeline)
+    with timer.installed():
+        pipeline.backend.run(batch)  # not armed: passes through
+        timer.start()
+        found = detector(frame)
+        seconds = timer.stop()
+        assert len(seconds) == 3 and all(s > 0 for s in seconds)
+        assert found.xyxy.shape[1] == 4
+        timer.start()
+        pipeline.backend.run(batch)  # only inference: the stages would not add up to an end-to-end call
+        with pytest.raises(RuntimeError, match="did not run pre, decode"):
+            timer.stop()
+    assert not {"prepare", "decode"} & set(vars(pipeline)) and "run" not in vars(pipeline.backend)
+
+
+def test_targets_are_checked_and_a_slow_int8_is_said_plainly():
+    """The targets from a run's rows (figures made up, so each verdict is known), and the table's
+    note on an INT8 row that misses its FP32 by the target."""
+    from benchmarks.matrix import finalize
+    from benchmarks.report import table_rows
+    from benchmarks.results import Row
+    from benchmarks.targets import check_targets
+
+    def row(backend, precision, model, e2e, pre=1.0, decode=0.5, variant="lite0"):
+        r = Row(variant=variant, family="lite" if variant.startswith("lite") else "d", phi=0, backend=backend,
+                format=None, precision=precision, device="cpu")
+        r.model_ms, r.e2e_ms = {"p50": model, "p90": model}, {"p50": e2e, "p90": e2e}
+        r.stages_ms = {"pre": {"p50": pre}, "infer": {"p50": e2e - pre - decode}, "decode": {"p50": decode},
+                       "residual": {"p50": 0.0}}
+        r.outside_share = (pre + decode) / e2e
+        return r
+
+    rows = [row("torch", "fp32", 90.0, 100.0), row("onnxruntime", "fp32", 20.0, 24.0),
+            row("onnxruntime", "int8", 16.0, 20.0, pre=2.0, decode=2.0), row("openvino", "fp32", 20.0, 24.0),
+            row("openvino", "int8", 8.0, 11.0, pre=0.5, decode=0.5), row("torch", "fp32", 300.0, 310.0, variant="d0")]
+    finalize(rows, None)
+    got = {(c.target, c.subject): (c.met, c.value) for c in check_targets(rows)}
+    assert got[("e2e_vs_torch", "lite0 (best: openvino)")] == (True, pytest.approx(100 / 11, abs=1e-3))
+    assert got[("e2e_vs_torch", "d0")] == (None, None)  # d0 has no INT8 row in this run
+    assert got[("outside_share", "lite0/onnxruntime-int8")] == (False, 0.2)
+    assert got[("outside_share", "lite0/openvino-int8")] == (True, pytest.approx(1 / 11, abs=1e-4))
+    assert got[("int8_vs_fp32", "lite0/onnxruntime-int8")] == (False, 1.25)
+    assert got[("int8_vs_fp32", "lite0/openvino-int8")] == (True, 2.5)
+    assert not any(target == "peak_share" for target, _ in got)  # no peaks measured
+    notes = {(cells[0], cells[1], cells[2]): cells[-1] for cells in table_rows(rows)[1:]}
+    assert notes[("lite0", "onnxruntime", "int8")].startswith("INT8 only 1.25x FP32, target 1.8x")
+    assert "INT8" not in notes[("lite0", "openvino", "int8")]
 
 
 def test_ctrl_c_keeps_measured_rows(models, tmp_path, monkeypatch):
@@ -203,3 +291,55 @@ def test_reference_checkpoint_is_found_exported_and_scored(tmp_path, monkeypatch
         assert row["status"] == "ok" and row["weights"] == "reference" and row["num_classes"] == len(CLASSES)
         assert row["map"]["source"] == "reference val split" and 0.0 <= row["map"]["AP"] <= 1.0
     assert "accuracy_vs_latency.png" in results["plots"]
+
+
+def test_resize_study_smallest(models, tmp_path, capsys):
+    """benchmarks/resize.py on one frame size and lite0 (320): every method timed, its parity with
+    the runtime's INTER_AREA path from the real ONNX artifact, and mAP of a (random-weight)
+    checkpoint through PyTorch on a 2-image synthetic split rendered at the frame size."""
+    from benchmarks import resize
+    from converters.weights import realistic_random_
+    from edgedet.data.synthetic import CLASSES
+    from edgedet.model import create_model
+    from edgedet.model.checkpoint import save_checkpoint
+
+    model = realistic_random_(create_model("lite0", num_classes=len(CLASSES)), seed=1, images=2)
+    ckpt = tmp_path / "lite0.pth"
+    save_checkpoint(model, ckpt, metadata={"variant": "lite0", "image_size": 320, "num_classes": len(CLASSES),
+                                           "class_names": list(CLASSES),
+                                           "category_ids": list(range(1, len(CLASSES) + 1))})
+    out = tmp_path / "resize"
+    base = ["--frame-sizes", "1280x720", "--variants", "lite0", "--runs", "3", "--scenes", "2",
+            "--models", str(models), "--threads", "1", "--out", str(out)]
+    assert resize.main([*base, "--map-images", "0"]) == 0
+    results = json.loads((out / "resize.json").read_text())
+    (case,) = results["cases"]
+    assert case["frame_size"] == [1280, 720] and case["input_size"] == 320 and case["map"] is None
+    assert case["model"].startswith("onnxruntime-fp32 artifact (random weights)")
+    assert list(case["time"]) == list(resize.METHODS) and all(t["p50_ms"] > 0 for t in case["time"].values())
+    parity = case["parity"]
+    assert parity["area"]["detection_ap50"] == 1.0 and parity["area"]["pixel_mean_abs"] == 0.0
+    assert parity["nearest"]["pixel_mean_abs"] > parity["linear"]["pixel_mean_abs"] > 0
+    assert all(0 <= parity[m]["detection_ap50"] <= 1 and parity[m]["cls_cosine"] > 0.9 for m in resize.METHODS)
+    assert case["recommendation"]["method"] in resize.METHODS
+    assert case["recommendation"]["checked_on"] == ["parity"]
+
+    # the trained-checkpoint path: PyTorch with the checkpoint's weights, and mAP per method
+    out2 = tmp_path / "resize2"
+    assert resize.main([*base[:-1], str(out2), "--weights", str(ckpt), "--methods", "area,nearest",
+                        "--map-images", "2"]) == 0
+    (case,) = json.loads((out2 / "resize.json").read_text())["cases"]
+    assert case["model"].startswith("torch fp32") and set(case["map"]) == {"area", "nearest"}
+    assert all(0.0 <= m["AP"] <= 1.0 for m in case["map"].values())
+    assert case["recommendation"]["checked_on"] == ["parity", "map"]
+    assert "-> fastest that keeps accuracy" in capsys.readouterr().out
+
+
+def test_resize_study_bad_requests(tmp_path, capsys):
+    from benchmarks import resize
+
+    assert resize.main(["--methods", "linear,area", "--out", str(tmp_path)]) == 2
+    assert resize.main(["--methods", "area,bicubic", "--out", str(tmp_path)]) == 2
+    assert resize.main(["--frame-sizes", "1280by720", "--out", str(tmp_path)]) == 2
+    assert resize.main(["--weights", str(tmp_path / "missing.pth"), "--out", str(tmp_path)]) == 2
+    assert "error:" in capsys.readouterr().err
