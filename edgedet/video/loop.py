@@ -232,7 +232,7 @@ class _Loop:
                 if got.why == "limit":
                     return "max_frames"
                 return self._ended() or "stopped"
-            if not keep_in_flight:
+            if not keep_in_flight or (self.max_frames is not None and self.stats.frames >= self.max_frames):
                 continue  # e.g. taken before the frame limit was known (a whole-call detector)
             step = self._finish_job(got)
             if step and not reason:
