@@ -335,6 +335,22 @@ class Detector:
         return served
 
     @property
+    def serving(self) -> tuple[Artifact, Pipeline]:
+        """The artifact served now and its pipeline, read together (a switch replaces both at once).
+
+        For callers that run a frame's steps themselves, on threads of their own (the camera loop's
+        throughput mode: ``Pipeline.prepare``, ``backend.run``, ``Pipeline.decode``): a frame stays
+        on the pipeline it started with, and its latency goes back through :meth:`observe`."""
+        artifact, pipeline, _ = self._serving
+        return artifact, pipeline
+
+    def observe(self, artifact: Artifact, latency_ms: float) -> None:
+        """Tell adaptive serving how long a frame that ``artifact`` served outside :meth:`serve`
+        took: its own preprocess + inference + decode time, as :meth:`serve` measures its calls
+        (not time it spent waiting between threads)."""
+        self._observe(artifact, latency_ms)
+
+    @property
     def last_served(self) -> Served | None:
         """This thread's last completed call: what served it (for callers that go through a wrapper,
         such as the camera loop's tracker, and so cannot call :meth:`serve` themselves)."""

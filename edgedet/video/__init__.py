@@ -21,14 +21,17 @@ module                      job
 :mod:`.window`              :func:`display_available` and the loop's window
 :mod:`.signals`             SIGINT/SIGTERM end the loop after the current frame
 :mod:`.stats`               :class:`LoopStats` and the running latency/FPS figures
+:mod:`.pipelined`           the throughput mode's stage threads (prepare, inference) and their hand-offs
 :mod:`.loop`                :func:`run_loop`, which ties them together
 ==========================  ==========================================================================
 
 Sources are opened (and reopened after a failure) by whoever reads them: the reader, or
 ``with source:``. A slow detector always gets the freshest image; the frames it had no time for
-are dropped and counted. :func:`run_loop` ends on ``max_frames``, the end of a file, a
-``stop_event``, ``q``/Esc in the window, or SIGINT/SIGTERM (Ctrl-C, ``systemctl stop``), and closes
-its writers in every case, so the recorded video is always playable.
+are dropped and counted. :func:`run_loop` runs one frame at a time, or with ``mode="throughput"``
+overlaps frames on stage threads (preparing the next and recording the last while one is in
+inference). It ends on ``max_frames``, the end of a file, a ``stop_event``, ``q``/Esc in the
+window, or SIGINT/SIGTERM (Ctrl-C, ``systemctl stop``), and closes its writers in every case, so
+the recorded video is always playable.
 """
 from edgedet.video.loop import run_loop
 from edgedet.video.overlay import overlay

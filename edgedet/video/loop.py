@@ -1,6 +1,7 @@
 """The camera loop: :func:`run_loop` runs a detector on the newest frame of a source until told to
 stop, recording what it sees. Its steps live in :class:`_Loop`; the parts it ties together
-(reader, writers, overlay, window, signals) each have their own module."""
+(reader, writers, overlay, window, signals, the throughput mode's stage threads) each have their
+own module."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ import numpy as np
 from edgedet.detections import Detections
 from edgedet.preprocess import InputError
 from edgedet.video.overlay import overlay
+from edgedet.video.pipelined import End, Failure, Job, StagePipeline, stages_for
 from edgedet.video.reader import CapturedFrame, LatestFrameReader
 from edgedet.video.signals import SignalStop
 from edgedet.video.sources import FrameSource, SourceError
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: What ``on_frame`` is called with: the frame, its detections, and where it came from.
 OnFrame = Callable[[np.ndarray, Detections, CapturedFrame], Any]
+#: ``run_loop``'s modes: one frame at a time, or frames overlapped on stage threads.
+MODES = ("latency", "throughput")
 
 
 def run_loop(detector: Callable[[np.ndarray], Detections], source: int | str | os.PathLike[str] | FrameSource, *,
@@ -37,7 +41,7 @@ def run_loop(detector: Callable[[np.ndarray], Detections], source: int | str | o
              stop_event: threading.Event | None = None, drop_frames: bool | None = None,
              video_fps: float | None = None, on_frame: OnFrame | None = None,
              reader_options: dict[str, Any] | None = None, log_interval_s: float = 30.0,
-             window: str = "edgedet") -> LoopStats:
+             window: str = "edgedet", mode: str = "latency") -> LoopStats:
     """Run ``detector`` on the newest frame of ``source`` until told to stop.
 
     Each iteration takes the newest frame (:class:`LatestFrameReader`), detects, keeps the
@@ -48,6 +52,17 @@ def run_loop(detector: Callable[[np.ndarray], Detections], source: int | str | o
     when ``stop_event`` is set, on ``q``/Esc in the window, or on SIGINT/SIGTERM (handled only
     when called from the main thread; the previous handlers are restored after). The reader is
     stopped and the writers closed on every exit, exceptions included.
+
+    ``mode="throughput"`` overlaps frames for more frames per second (:mod:`edgedet.video.pipelined`):
+    preparing frame n+1 (letterbox, normalize) and decoding and recording frame n-1 run while
+    frame n is in inference, each stage on its own thread, frames in order. Each result is then
+    about one frame-time older than in the default ``"latency"`` mode, and on a device with few
+    cores the stages compete with inference for them: measure both (``benchmarks/throughput.py``).
+    A stop (signal, ``stop_event``, window) finishes the frames already taken from the source
+    (at most three) before the loop ends; a second SIGINT stops at once. An
+    :class:`edgedet.Detector` is split into its steps and adaptive serving is told each frame's
+    own preprocess + inference + decode time; any other callable runs whole on the inference
+    thread.
 
     Args:
         detector: an :class:`edgedet.Detector` (or any callable frame → :class:`Detections`).
@@ -61,7 +76,10 @@ def run_loop(detector: Callable[[np.ndarray], Detections], source: int | str | o
             (processed index), ``source_frame`` (capture index), ``timestamp`` (capture time,
             Unix seconds), ``latency_ms`` (the detector's), ``artifact`` (the artifact that served
             the frame, for an :class:`edgedet.Detector`: adaptive serving may change it), ``width``,
-            ``height`` and ``detections`` (:meth:`Detections.to_json_records`).
+            ``height`` and ``detections`` (:meth:`Detections.to_json_records`); in throughput mode
+            also ``queue_ms``, the time the frame waited between stages (``latency_ms`` stays
+            its own work, so ``latency_ms + queue_ms`` is how long after it left the reader its
+            detections were ready).
         stop_event: set it (from any thread) to end the loop after the current frame.
         drop_frames: keep only the newest frame (default: for live sources; files are processed
             frame by frame).
@@ -69,10 +87,14 @@ def run_loop(detector: Callable[[np.ndarray], Detections], source: int | str | o
             processed; else the rate frames are processed, measured over the first ones).
         reader_options: more :class:`LatestFrameReader` arguments (``stall_timeout``, backoff...).
         log_interval_s: how often a progress line is logged.
+        mode: ``"latency"`` (one frame at a time, the freshest results) or ``"throughput"``
+            (stages overlapped, more frames per second).
 
     Raises:
         SourceError: the source could not be used at all (e.g. a file that does not decode).
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     src = open_source(source)
     classes = _check_classes(detector, classes)
     if max_frames is not None and max_frames < 0:
@@ -80,7 +102,7 @@ def run_loop(detector: Callable[[np.ndarray], Detections], source: int | str | o
     loop = _Loop(detector, src, max_frames=max_frames, classes=classes, window=_window(display, window),
                  video_out=video_out, jsonl_out=jsonl_out, stop_event=stop_event, drop_frames=drop_frames,
                  video_fps=video_fps, on_frame=on_frame, reader_options=reader_options,
-                 log_interval_s=log_interval_s)
+                 log_interval_s=log_interval_s, mode=mode)
     stats = loop.run()
     log.info("camera loop: %s", stats.summary())
     return stats
@@ -95,20 +117,22 @@ class _Loop:
                  video_out: str | os.PathLike[str] | VideoFileWriter | None,
                  jsonl_out: str | os.PathLike[str] | JsonLinesWriter | None, stop_event: threading.Event | None,
                  drop_frames: bool | None, video_fps: float | None, on_frame: OnFrame | None,
-                 reader_options: dict[str, Any] | None, log_interval_s: float) -> None:
+                 reader_options: dict[str, Any] | None, log_interval_s: float, mode: str = "latency") -> None:
         self.detector, self.source = detector, source
         self.max_frames, self.classes, self.window = max_frames, classes, window
         self.stop_event, self.video_fps, self.on_frame = stop_event, video_fps, on_frame
-        self.log_interval_s = log_interval_s
+        self.log_interval_s, self.mode = log_interval_s, mode
         self.signal_stop = threading.Event()
         self.reader = LatestFrameReader(source, drop_frames=drop_frames, **(reader_options or {}))
+        self.stages: StagePipeline | None = None
         self.writer = (video_out if isinstance(video_out, VideoFileWriter) or video_out is None
                        else VideoFileWriter(video_out))
         self.jsonl = (jsonl_out if isinstance(jsonl_out, JsonLinesWriter) or jsonl_out is None
                       else JsonLinesWriter(jsonl_out))
         self.label = _label(detector)
-        self.stats = LoopStats()
+        self.stats = LoopStats(mode=mode)
         self.meter = LoopMeter()
+        self.queue_sum_ms = 0.0
         self.started = time.monotonic()
         self.next_log = self.started + log_interval_s
         self.warned_waiting = self.started
@@ -119,6 +143,8 @@ class _Loop:
         with SignalStop(self.signal_stop) as signals:
             try:
                 self.reader.start()
+                if self.mode == "throughput":
+                    reason = self._run_stages(signals)
                 while not reason:
                     reason = self._stop_requested(signals) or self._step()
             except BaseException:
@@ -139,17 +165,24 @@ class _Loop:
 
     def _step(self) -> str:
         item = self.reader.get_frame(timeout=0.1)
-        return self._idle() if item is None else self._process(item)
+        if item is None:
+            return self._ended() or self._warn_if_quiet()
+        return self._process(item)
 
-    def _idle(self) -> str:
-        """No frame came: the source ended or failed for good, or it is quiet (warn now and then)."""
+    def _ended(self) -> str:
+        """Why the source will give no more frames (raising if it failed), or ``""`` if it may."""
+        reader = self.reader
+        if not reader.finished:
+            return ""
+        if reader.eof:
+            return "end of stream"
+        if reader.error is not None:
+            raise SourceError(f"{self.source.description}: {reader.error}") from reader.error
+        return "source stopped"
+
+    def _warn_if_quiet(self) -> str:
+        """No frame came: the source is quiet (warn now and then; the reader reconnects)."""
         reader, now = self.reader, time.monotonic()
-        if reader.finished:
-            if reader.eof:
-                return "end of stream"
-            if reader.error is not None:
-                raise SourceError(f"{self.source.description}: {reader.error}") from reader.error
-            return "source stopped"
         quiet = now - (reader.last_frame_time or self.started)
         if quiet > reader.stall_timeout and now - self.warned_waiting > self.log_interval_s:
             log.warning("no frame from %s for %.0f s (reconnects so far: %d)",
@@ -158,7 +191,7 @@ class _Loop:
         return ""
 
     def _process(self, item: CapturedFrame) -> str:
-        """Detect in one frame, then record, show and hand it on."""
+        """Detect in one frame (latency mode), then record, show and hand it on."""
         t0 = time.perf_counter()
         try:
             detections = self.detector(item.image)
@@ -169,6 +202,58 @@ class _Loop:
         # An adaptive Detector may change artifact between calls: record which one served this frame.
         served = getattr(self.detector, "last_served", None)
         artifact = served.artifact.name if served is not None else None
+        return self._record(item, detections, latency_ms, artifact)
+
+    def _run_stages(self, signals: SignalStop) -> str:
+        """Throughput mode: frames come finished from the stage threads, in order; decode and record
+        each here. A stop request stops the taking of new frames; those in flight are still
+        recorded, until the stages' :class:`End` — but none beyond ``max_frames``, and none once the
+        window was closed."""
+        stages = self.stages = StagePipeline(stages_for(self.detector), self.reader, limit=self.max_frames,
+                                             name="edgedet-loop").start()
+        reason = ""
+        keep_in_flight = True
+        while True:
+            if not reason:
+                reason = self._stop_requested(signals)
+                if reason:
+                    stages.stop_taking()
+                    keep_in_flight = reason != "max_frames"
+            got = stages.get(timeout=0.1)
+            if got is None:
+                if not reason:
+                    self._warn_if_quiet()
+                continue
+            if isinstance(got, Failure):
+                raise got.error
+            if isinstance(got, End):
+                if reason:
+                    return reason
+                if got.why == "limit":
+                    return "max_frames"
+                return self._ended() or "stopped"
+            if not keep_in_flight or (self.max_frames is not None and self.stats.frames >= self.max_frames):
+                continue  # e.g. taken before the frame limit was known (a whole-call detector)
+            step = self._finish_job(got)
+            if step and not reason:
+                reason, keep_in_flight = step, False  # the window was closed: show nothing more
+                stages.stop_taking()
+
+    def _finish_job(self, job: Job) -> str:
+        """Decode a frame that came out of inference, then record it (or count it as skipped)."""
+        assert self.stages is not None
+        self.stages.decode(job)
+        if job.skip is not None:
+            self._skip(job.item, job.skip)
+            return ""
+        assert job.detections is not None
+        queue_ms = max(0.0, (time.perf_counter() - job.taken) * 1000.0 - job.latency_ms)
+        self.queue_sum_ms += queue_ms
+        return self._record(job.item, job.detections, job.latency_ms, job.artifact, queue_ms)
+
+    def _record(self, item: CapturedFrame, detections: Detections, latency_ms: float, artifact: str | None,
+                queue_ms: float | None = None) -> str:
+        """Count, write, draw and hand on one detected frame."""
         if self.classes is not None:
             detections = detections.filter(classes=self.classes)
         done = time.monotonic()
@@ -179,7 +264,7 @@ class _Loop:
             height, width = item.image.shape[:2]
             self.jsonl.write_frame(frame=index, source_frame=item.index, timestamp=item.timestamp,
                                    latency_ms=latency_ms, size=(width, height), detections=detections,
-                                   artifact=artifact)
+                                   artifact=artifact, queue_ms=queue_ms)
         reason = self._annotate(item.image, detections, latency_ms)
         if reason:
             return reason
@@ -218,9 +303,11 @@ class _Loop:
                  self.stats.skipped, self.reader.reconnects)
 
     def _finish(self, reason: str) -> None:
-        """Stop the reader, close the outputs (the video even if the JSON lines fail, and so on),
-        and fill in the figures."""
+        """Stop the stage threads and the reader, close the outputs (the video even if the JSON
+        lines fail, and so on), and fill in the figures."""
         stats, reader = self.stats, self.reader
+        if self.stages is not None:
+            self.stages.close()
         reader.stop()
         try:
             if self.writer is not None:
@@ -237,6 +324,8 @@ class _Loop:
         if self.meter.latencies:
             stats.mean_latency_ms = self.meter.latency_sum / stats.frames
             stats.p90_latency_ms = self.meter.p90()
+            if self.mode == "throughput":
+                stats.mean_queue_ms = self.queue_sum_ms / stats.frames
         stats.fps = stats.frames / stats.duration_s if stats.duration_s > 0 else 0.0
         stats.stop_reason = reason
 

@@ -22,6 +22,10 @@ class LoopStats:
     were not H×W×3 uint8 images. Latencies are the detector's (preprocess + inference + decode +
     NMS) over the last :data:`LATENCY_WINDOW` frames (the mean over all); ``fps`` is processed
     frames per second of the loop's wall time.
+
+    ``mode`` is the loop's (``"latency"`` or ``"throughput"``); in throughput mode latencies are each
+    frame's own work (summed over its stages) and ``mean_queue_ms`` the mean time a frame waited
+    between stages.
     """
 
     frames: int = 0
@@ -36,13 +40,21 @@ class LoopStats:
     stop_reason: str = ""
     video_path: str | None = None
     jsonl_path: str | None = None
+    mode: str = "latency"
+    mean_queue_ms: float | None = None
 
     def summary(self) -> str:
         lat = ("" if self.mean_latency_ms is None else
                f", latency mean {self.mean_latency_ms:.1f} ms / p90 {self.p90_latency_ms:.1f} ms")
         return (f"{self.frames} frames in {self.duration_s:.1f} s ({self.fps:.1f} FPS{lat}); captured "
                 f"{self.captured}, dropped {self.dropped}, skipped {self.skipped}, reconnects {self.reconnects}; "
-                f"stopped: {self.stop_reason}")
+                f"stopped: {self.stop_reason}" + self._mode_note())
+
+    def _mode_note(self) -> str:
+        if self.mode == "latency":
+            return ""
+        queue = "" if self.mean_queue_ms is None else f", waited between stages {self.mean_queue_ms:.1f} ms mean"
+        return f" ({self.mode} mode{queue})"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -153,10 +153,14 @@ class JsonLinesWriter:
         self.lines += 1
 
     def write_frame(self, *, frame: int, source_frame: int, timestamp: float, latency_ms: float,
-                    size: tuple[int, int], detections: Detections, artifact: str | None = None) -> None:
-        """The record of one processed frame (see :func:`run_loop`); ``artifact`` when known."""
+                    size: tuple[int, int], detections: Detections, artifact: str | None = None,
+                    queue_ms: float | None = None) -> None:
+        """The record of one processed frame (see :func:`run_loop`); ``artifact`` when known,
+        ``queue_ms`` in throughput mode."""
         record = {"frame": frame, "source_frame": source_frame, "timestamp": round(timestamp, 6),
                   "latency_ms": round(latency_ms, 3)}
+        if queue_ms is not None:
+            record["queue_ms"] = round(queue_ms, 3)
         if artifact is not None:
             record["artifact"] = artifact
         record.update({"width": size[0], "height": size[1], "detections": detections.to_json_records()})

@@ -21,6 +21,7 @@ examples:
   %(prog)s --models models.edgedet --budget-ms 250                    # Pi camera (or camera 0)
   %(prog)s --source 0 --frame-size 640x480 --classes person,car --jsonl-out det.jsonl --no-display
   %(prog)s --source clip.mp4 --video-out annotated.mp4 --max-frames 300
+  %(prog)s --mode throughput --budget-ms 250 --jsonl-out det.jsonl        # more frames/s, each a frame older
   %(prog)s --source "rtsp://user:pass@192.168.1.20:554/stream1" --budget-ms 100
   %(prog)s --track --mqtt broker.lan --camera porch --http :8080   # ids, MQTT, live view on localhost
   %(prog)s --backend onnxruntime --device tensorrt --budget-ms 40 \\
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append", action="store_true", help="append to --jsonl-out instead of replacing it")
     p.add_argument("--no-display", action="store_true", help="never open a window (default: one if there is a display)")
     p.add_argument("--loop", action="store_true", help="play a video file again from the start at its end")
+    p.add_argument("--mode", choices=["latency", "throughput"], default="latency",
+                   help="latency: one frame at a time, the freshest results; throughput: prepare the next frame "
+                        "and record the last while one is in inference, for more frames per second, each result "
+                        "about one frame older (default: %(default)s)")
     p.add_argument("--camera", default="camera", help="this camera's name in MQTT topics and the web page "
                                                       "(default: %(default)s)")
     p.add_argument("--track", action="store_true", help="give objects ids that stay from frame to frame (ByteTrack; "
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stats = run_loop(outputs.detector, source, max_frames=args.max_frames, classes=outputs.classes,
                              display=False if args.no_display else "auto", video_out=args.video_out, jsonl_out=jsonl,
-                             on_frame=outputs.on_frame)
+                             on_frame=outputs.on_frame, mode=args.mode)
         finally:
             outputs.close()
     except (BudgetError, NoArtifactsError, BackendError, SourceError, FileNotFoundError, ValueError) as exc:
