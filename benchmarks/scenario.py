@@ -37,7 +37,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from benchmarks.cpu_quota import CpuQuota, cpu_quota  # noqa: E402
 from edgedet._atomic import atomic_write_text  # noqa: E402
-from edgedet.config import get_config  # noqa: E402
 from edgedet.cpu import cgroup_cpu_limit, usable_cores  # noqa: E402
 
 log = logging.getLogger("benchmarks.scenario")
@@ -127,11 +126,6 @@ def condition(phase: Phase, quota: CpuQuota) -> Iterator[None]:
 # ------------------------------------------------------------------------------------ running
 
 
-def expected_ap(artifact_name: str) -> float:
-    """The published COCO AP of the artifact's variant (``variant/backend-precision``)."""
-    return get_config(artifact_name.split("/", 1)[0]).coco_ap
-
-
 def serve_schedule(detector: Any, frame: np.ndarray, schedule: Sequence[Phase], seconds: float,
                    quota: CpuQuota) -> tuple[list[Frame], list[tuple[float, float]], list[float | None]]:
     """Serve frames back to back through every phase: the frames, each phase's (start, end), and the
@@ -158,10 +152,10 @@ def oracle(models: Path, frame: np.ndarray, schedule: Sequence[Phase], budgets: 
     Each phase loads every artifact afresh inside its condition, so it runs with the threads that
     phase allows (as an adaptive Detector reloads when its CPU quota changes)."""
     from edgedet import Detector
-    from edgedet.detector import accuracy_rank, find_artifacts
+    from edgedet.detector import accuracy_ranks, find_artifacts
 
     artifacts = find_artifacts(models)
-    ranks = {a.name: accuracy_rank(a.manifest) for a in artifacts}
+    ranks = dict(zip((a.name for a in artifacts), accuracy_ranks([a.manifest for a in artifacts])))
     slowest_budget = max(budgets)
     table: dict[int, dict[str, float]] = {}
     for index, phase in enumerate(schedule):
@@ -206,7 +200,8 @@ def report_run(run: RunReport, schedule: Sequence[Phase], oracle_table: dict[int
         within = latency <= run.budget_ms
         first = settle(within)
         durations = np.diff([start] + [f.t for f in mine])
-        ap = float(np.sum([expected_ap(f.artifact) * d for f, d in zip(mine, durations)]) / max(durations.sum(), 1e-9))
+        # A rank starts with the expected AP the Detector ranks by (measured, or published at that size).
+        ap = float(np.sum([ranks[f.artifact][0] * d for f, d in zip(mine, durations)]) / max(durations.sum(), 1e-9))
         fitting = {a: p90 for a, p90 in oracle_table[index].items() if p90 <= run.budget_ms}
         best = max(fitting, key=lambda a: (ranks[a], -fitting[a])) if fitting else None
         run.phases.append(PhaseReport(
@@ -216,7 +211,7 @@ def report_run(run: RunReport, schedule: Sequence[Phase], oracle_table: dict[int
             settle_frames=first,
             switches=sum(1 for s in run.switch_log if start <= s["t"] < end),
             reloads=sum(1 for s in run.reload_log if start <= s["t"] < end),
-            expected_ap=round(ap, 4), oracle_ap=None if best is None else expected_ap(best), oracle_artifact=best))
+            expected_ap=round(ap, 4), oracle_ap=None if best is None else ranks[best][0], oracle_artifact=best))
 
 
 def run_detector(kind: str, budget: float, models: Path, frame: np.ndarray, schedule: Sequence[Phase],
@@ -261,7 +256,7 @@ def format_table(runs: Sequence[RunReport]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
-def plot(runs: Sequence[RunReport], schedule: Sequence[Phase], path: Path) -> Path | None:
+def plot(runs: Sequence[RunReport], schedule: Sequence[Phase], ranks: dict[str, tuple], path: Path) -> Path | None:
     try:
         import matplotlib
 
@@ -271,7 +266,7 @@ def plot(runs: Sequence[RunReport], schedule: Sequence[Phase], path: Path) -> Pa
         log.warning("matplotlib is not installed: no scenario plot (pip install 'edgedet[bench]')")
         return None
     fig, axes = plt.subplots(len(runs), 1, figsize=(11, 2.6 * len(runs)), sharex=True, squeeze=False)
-    names = sorted({f.artifact for r in runs for f in r.frames}, key=expected_ap)
+    names = sorted({f.artifact for r in runs for f in r.frames}, key=lambda name: ranks[name])
     colours = {n: plt.cm.viridis(i / max(1, len(names) - 1)) for i, n in enumerate(names)}
     for ax, run in zip(axes[:, 0], runs):
         for name in names:
@@ -350,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "frame_size": list(args.frame_size), "load": busy, "oracle_p90_ms": table,
                "runs": [asdict(r) for r in runs]}
     atomic_write_text(out / "scenario.json", json.dumps(results, indent=1) + "\n")
-    plot(runs, schedule, out / "scenario.png")
+    plot(runs, schedule, ranks, out / "scenario.png")
     log.info("results in %s", out)
     return 0
 

@@ -40,13 +40,19 @@ examples:
   edgedet-convert --variants d0 --formats onnx,openvino,tflite --precisions int8 \\
       --accuracy-ap50 0.97 --calibration ~/frames/
 
+  # D0 at three input sizes (a finer speed/accuracy trade-off for the Detector), each artifact's
+  # mAP measured on your validation set and recorded in its manifest
+  edgedet-convert --variants d0 --image-sizes 384,native,640 --calibration ~/frames/ \
+      --eval-ann data/annotations/val.json --eval-images data/val
+
   # fully quantized INT8 with uint8 input for an integer-only accelerator (TFLite)
   edgedet-convert --variants lite0 --formats tflite --precisions int8 --int8-mode full \\
       --tflite-input-dtype uint8 --calibration ~/frames/
 
 output:
   <out>/<variant>/<backend>-<precision>/ holds the model file(s) and manifest.json, e.g.
-  exports/d0/onnxruntime-int8/model.onnx. A rerun skips artifacts whose inputs are unchanged and
+  exports/d0/onnxruntime-int8/model.onnx; an input size other than the variant's native one is
+  named: exports/d0/onnxruntime-int8-384/. A rerun skips artifacts whose inputs are unchanged and
   whose files still match their hashes (--force rebuilds). An artifact below its parity thresholds
   is kept as <backend>-<precision>.failed/ and makes the command exit with status 1.
 """
@@ -93,9 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--labels", type=Path, metavar="FILE",
                      help="text file with one class name per line (default: the class names stored by "
                           "edgedet-train, else class_0, class_1, ...)")
-    src.add_argument("--image-size", type=_image_size, metavar="PX",
-                     help="input side, a multiple of 32, or 'native' (default: the size the checkpoint "
-                          "was trained at by edgedet-train, else the variant's native size)")
+    sizes = src.add_mutually_exclusive_group()
+    sizes.add_argument("--image-size", type=_image_size, metavar="PX",
+                       help="input side, a multiple of 32, or 'native' (default: the size the checkpoint "
+                            "was trained at by edgedet-train, else the variant's native size)")
+    sizes.add_argument("--image-sizes", metavar="LIST",
+                       help="several input sides, e.g. 384,native,640: each is its own artifact per format "
+                            "and precision (<backend>-<precision>-<size>/ unless native); the Detector "
+                            "chooses among sizes as among variants")
 
     q = parser.add_argument_group("quantization")
     q.add_argument("--int8-mode", choices=INT8_MODES,
@@ -127,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calibration images per INT8 artifact (default: %(default)s)")
     cal.add_argument("--verify-images", type=int, default=DEFAULT_VERIFY_IMAGES, metavar="N",
                      help="held-out images for the parity check (default: %(default)s)")
+
+    ev = parser.add_argument_group("evaluation (optional)")
+    ev.add_argument("--eval-ann", type=Path, metavar="FILE",
+                    help="COCO annotation file: each artifact's mAP on it is measured through the runtime's "
+                         "pipeline and recorded in its manifest (the Detector ranks by it); needs --eval-images")
+    ev.add_argument("--eval-images", type=Path, metavar="DIR", help="the folder of --eval-ann's images")
+    ev.add_argument("--eval-limit", type=int, metavar="N", help="score only the first N images")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("exports"), metavar="DIR",
@@ -192,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.variants, args.formats, args.precisions, args.weights, args.out,
             calibration=args.calibration, calibration_count=args.calibration_count,
             allow_random=args.allow_random, force=args.force, num_classes=args.num_classes,
-            labels=labels, image_size=args.image_size, seed=args.seed, verify_images=args.verify_images,
+            labels=labels, image_size=args.image_size, image_sizes=args.image_sizes, seed=args.seed,
+            verify_images=args.verify_images, eval_ann=args.eval_ann, eval_images=args.eval_images,
+            eval_limit=args.eval_limit,
             int8_mode=args.int8_mode, exporter_options=options,
             progress=not args.quiet and sys.stderr.isatty(), executor=args.executor, ray_address=args.ray_address,
         )

@@ -6,12 +6,16 @@ builds the PyTorch model once, computes PyTorch FP32 outputs on held-out images 
 each artifact:
 
 1. skips it if ``<out>/<variant>/<backend>-<precision>/manifest.json`` has the same export key
-   and every file still matches its sha256 (unless ``force``);
+   and every file still matches its sha256 (unless ``force``); an artifact for another input size
+   than the variant's native one (``image_sizes``) lives in ``<backend>-<precision>-<size>/``;
 2. exports into a private staging directory beside the target
    (``.<backend>-<precision>.staging-<pid>-<random>``);
 3. runs the files with the backend on the held-out images and compares with PyTorch
    (:mod:`converters.verify`);
-4. writes ``manifest.json`` (atomically) and publishes the directory by renaming it into place.
+4. with an evaluation set (``eval_ann`` + ``eval_images``), scores the artifact's COCO mAP through
+   the runtime's own pipeline (:func:`edgedet.evaluate.evaluate_artifact`) and records it as the
+   manifest's ``accuracy`` (an up-to-date artifact is scored and its manifest updated in place);
+5. writes ``manifest.json`` (atomically) and publishes the directory by renaming it into place.
 
 An interrupted or failed export therefore never leaves a model file or manifest under the final
 name. An artifact that fails its parity thresholds is published as ``<backend>-<precision>.failed``
@@ -27,7 +31,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +47,17 @@ from converters.verify import (
 )
 from converters.weights import PUBLISHED, RANDOM, ResolvedWeights, WeightsError, build_model, resolve_weights
 from edgedet._progress import progress_bar
-from edgedet.config import VARIANTS, get_config
+from edgedet.config import VARIANTS, check_image_size, get_config
 from edgedet.hub import sha256_file
 from edgedet.manifest import (
     MANIFEST_NAME,
     PRECISIONS,
+    AccuracyInfo,
     AnchorSpec,
     Manifest,
     ManifestError,
     WeightsInfo,
     artifact_dir,
-    artifact_dirname,
     export_key,
     utc_now,
 )
@@ -86,10 +90,13 @@ class ArtifactResult:
     size_mb: float | None = None  # all files of the artifact
     parity: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    image_size: int | None = None  # the input side (None: not known, e.g. a result built by hand)
+    accuracy: AccuracyInfo | None = None  # mAP measured on the evaluation set, when one was given
 
     @property
     def name(self) -> str:
-        return f"{self.variant}/{artifact_dirname(self.backend, self.precision)}"
+        """``<variant>/<directory name>``, e.g. ``d0/onnxruntime-int8`` or ``d0/onnxruntime-int8-384``."""
+        return f"{self.variant}/{artifact_dir('', self.variant, self.backend, self.precision, self.image_size).name}"
 
     @property
     def ok(self) -> bool:
@@ -115,18 +122,23 @@ class ConvertReport:
     def failed(self) -> list[ArtifactResult]:
         return self.by_status("failed")
 
-    def get(self, variant: str, backend_or_format: str, precision: str) -> ArtifactResult:
+    def get(self, variant: str, backend_or_format: str, precision: str,
+            image_size: int | None = None) -> ArtifactResult:
+        """The result of one artifact (``image_size``: of that input size; None: the first of any)."""
         for r in self.results:
-            if r.variant == variant and backend_or_format in (r.backend, r.format) and r.precision == precision:
+            if (r.variant == variant and backend_or_format in (r.backend, r.format) and r.precision == precision
+                    and image_size in (None, r.image_size)):
                 return r
-        raise KeyError((variant, backend_or_format, precision))
+        raise KeyError((variant, backend_or_format, precision, image_size))
 
     def table(self) -> str:
-        """The summary table: artifact, status, size, parity figure, seconds."""
-        rows = [("artifact", "status", "MB", "parity vs PyTorch FP32", "seconds")]
+        """The summary table: artifact, status, size, parity figure, (mAP,) seconds."""
+        scored = any(r.accuracy is not None for r in self.results)
+        rows = [("artifact", "status", "MB", "parity vs PyTorch FP32", *(("mAP",) if scored else ()), "seconds")]
         for r in self.results:
+            mean_ap = (("-" if r.accuracy is None else f"{r.accuracy.map50_95:.4f}",) if scored else ())
             rows.append((r.name, r.status, "-" if r.size_mb is None else f"{r.size_mb:.1f}",
-                         _parity_summary(r), f"{r.seconds:.1f}" if r.status != "skipped" else "-"))
+                         _parity_summary(r), *mean_ap, f"{r.seconds:.1f}" if r.status != "skipped" else "-"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -199,10 +211,22 @@ class _Job:
     key: str
     final: Path
     calibrated: bool
+    image_size: int
 
     @property
     def name(self) -> str:
-        return f"{self.variant}/{artifact_dirname(self.exporter.backend, self.precision)}"
+        return f"{self.variant}/{self.final.name}"
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """The evaluation set a request scores its artifacts on (checked by :func:`_open_evaluation`)."""
+
+    ann_file: Path
+    images_dir: Path
+    limit: int | None
+    dataset: str  # AccuracyInfo.dataset: the file's name and the start of its sha256
+    images: int  # how many of its images are scored
 
 
 def convert(
@@ -219,6 +243,10 @@ def convert(
     num_classes: int | None = None,
     labels: Sequence[str] | None = None,
     image_size: int | str | None = None,
+    image_sizes: str | Sequence[int | str] | None = None,
+    eval_ann: str | os.PathLike[str] | None = None,
+    eval_images: str | os.PathLike[str] | None = None,
+    eval_limit: int | None = None,
     seed: int = 0,
     verify_images: int = DEFAULT_VERIFY_IMAGES,
     thresholds: Mapping[str, Mapping[str, tuple[str, float]]] | None = None,
@@ -249,6 +277,14 @@ def convert(
         image_size: input side (a multiple of 32) the artifacts are made for, or ``"native"``
             (each variant's own); default: the size an edgedet training run recorded in the
             checkpoint (a model trained at 256 detects best at 256), else the native size.
+        image_sizes: several input sides instead of ``image_size`` (``"384,512,native"`` or a
+            list): each is its own artifact per format × precision, in
+            ``<variant>/<backend>-<precision>-<size>/`` unless it is the variant's native size.
+            ``Detector`` then chooses among sizes as among variants (docs/ARCHITECTURE.md).
+        eval_ann, eval_images: a COCO annotation file and its images folder: each artifact's
+            COCO mAP on them is measured through the runtime's pipeline and recorded in its
+            manifest (``accuracy``), which ``Detector`` then ranks by instead of the published AP.
+        eval_limit: score only the first N images of the evaluation set.
         seed: seed of random weights.
         verify_images: held-out images for the parity check.
         thresholds: parity thresholds per precision; default :data:`converters.verify.THRESHOLDS`,
@@ -276,14 +312,17 @@ def convert(
     plan = _plan(variants, formats, precisions, weights, out_dir, calibration=calibration,
                  calibration_count=calibration_count, allow_random=allow_random, force=force,
                  num_classes=num_classes, labels=labels, seed=seed, exporters=exporters,
-                 image_size=image_size, int8_mode=int8_mode, exporter_options=exporter_options)
+                 image_size=image_size, image_sizes=image_sizes, int8_mode=int8_mode,
+                 exporter_options=exporter_options, eval_ann=eval_ann, eval_images=eval_images,
+                 eval_limit=eval_limit)
     results: list[ArtifactResult] = []
     bar = progress_bar(len(plan.jobs), unit="artifact", enabled=progress)
     try:
         for variant in plan.variants:
-            jobs = [j for j in plan.jobs if j.variant == variant]
-            _run_variant(variant, jobs, plan, results, bar, force=force, verify_images=verify_images,
-                         thresholds=thresholds, executor=executor, ray_address=ray_address)
+            for size in plan.image_sizes[variant]:  # one PyTorch model (and reference) per size
+                jobs = [j for j in plan.jobs if j.variant == variant and j.image_size == size]
+                _run_variant(variant, size, jobs, plan, results, bar, force=force, verify_images=verify_images,
+                             thresholds=thresholds, executor=executor, ray_address=ray_address)
     finally:
         bar.close()
         for exporter in plan.exporters:
@@ -300,10 +339,11 @@ class _Plan:
     weights: dict[str, ResolvedWeights]
     num_classes: dict[str, int]
     labels: dict[str, tuple[str, ...]]
-    image_sizes: dict[str, int]
+    image_sizes: dict[str, list[int]]
     calibration: calib.Calibration | None
     holdout: calib.CalibrationSource
     out_dir: Path
+    evaluation: _Evaluation | None = None
 
 
 INT8_MODES = ("full", "accuracy-aware")
@@ -311,7 +351,7 @@ INT8_MODES = ("full", "accuracy-aware")
 
 def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calibration_count,
           allow_random, force, num_classes, labels, seed, exporters, image_size=None, int8_mode=None,
-          exporter_options=None) -> _Plan:
+          exporter_options=None, image_sizes=None, eval_ann=None, eval_images=None, eval_limit=None) -> _Plan:
     """Check the whole request and list its jobs, before anything is exported (see :func:`convert`).
 
     The checks run in this order, so the first mistake of a request is the one reported. ``force``
@@ -320,22 +360,26 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
     names = parse_variants(variants)
     format_names, precision_names = _parse_formats(formats), _parse_precisions(precisions)
     int8_mode = _int8_mode(int8_mode, weights)
-    _check_image_size(image_size)
+    asked_sizes = _parse_image_sizes(image_size, image_sizes)
     instances = _make_exporters(format_names, precision_names, int8_mode, exporter_options, exporters)
     _check_packages(instances, format_names)
     calibration_set, holdout = _open_calibration(calibration, calibration_count, instances, precision_names)
+    evaluation = _open_evaluation(eval_ann, eval_images, eval_limit)
     resolved, classes = _resolve_all_weights(weights, names, num_classes, allow_random=allow_random, seed=seed)
     sizes, label_sets = {}, {}
     for variant in names:
-        sizes[variant] = _image_size(variant, image_size, resolved[variant])
+        sizes[variant] = list(dict.fromkeys(_image_size(variant, size, resolved[variant]) for size in asked_sizes))
         label_sets[variant] = _labels(variant, labels, classes[variant], resolved[variant])
+        if evaluation is not None:
+            _check_evaluation_classes(variant, classes[variant], label_sets[variant], evaluation)
     root = _output_root(out_dir)
-    jobs = [_job(variant, exporter, precision, root, sizes[variant], classes[variant], label_sets[variant],
+    jobs = [_job(variant, exporter, precision, root, size, classes[variant], label_sets[variant],
                  resolved[variant], calibration_set)
-            for variant in names for exporter in instances
+            for variant in names for size in sizes[variant] for exporter in instances
             for precision in exporter.precisions  # build order: fp32 first (its graph is reused)
             if precision in precision_names]
-    return _Plan(names, instances, jobs, resolved, classes, label_sets, sizes, calibration_set, holdout, root)
+    return _Plan(names, instances, jobs, resolved, classes, label_sets, sizes, calibration_set, holdout, root,
+                 evaluation)
 
 
 def _parse_formats(formats: str | Sequence[str]) -> list[str]:
@@ -367,10 +411,37 @@ def _int8_mode(int8_mode: str | None, weights: str) -> str | None:
     return int8_mode
 
 
-def _check_image_size(image_size: int | str | None) -> None:
-    if image_size is not None and image_size != "native" and (
-            isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32):
-        raise ConvertError(f"image size must be 'native' or a positive multiple of 32, got {image_size!r}")
+def _parse_image_sizes(image_size: int | str | None,
+                       image_sizes: str | Sequence[int | str] | None) -> list[int | str | None]:
+    """The input sizes asked for (ints, ``"native"``, or ``[None]``: the default), each checked."""
+    if image_size is not None and image_sizes is not None:
+        raise ConvertError("give image_size (one size) or image_sizes (several), not both "
+                           "(--image-size or --image-sizes)")
+    if image_sizes is None:
+        asked: list[int | str | None] = [image_size]
+    else:
+        items = image_sizes.split(",") if isinstance(image_sizes, str) else list(image_sizes)
+        asked = []
+        for item in items:
+            text = str(item).strip().lower()
+            if not text:
+                continue
+            if text == "native":
+                asked.append("native")
+                continue
+            try:
+                asked.append(int(text) if isinstance(item, str) else item)
+            except ValueError:
+                raise ConvertError(f"image size must be a number of pixels or 'native', got {item!r}") from None
+        if not asked:
+            raise ConvertError("no image sizes given (e.g. --image-sizes 384,512,native)")
+    for size in asked:
+        if size is not None and size != "native":
+            try:
+                check_image_size(size)
+            except ValueError as exc:
+                raise ConvertError(f"{exc}, or 'native'") from None
+    return list(dict.fromkeys(asked))
 
 
 def _make_exporters(format_names: list[str], precision_names: list[str], int8_mode: str | None,
@@ -461,14 +532,15 @@ def _resolve_all_weights(weights: str, names: list[str], num_classes: int | None
 
 
 def _image_size(variant: str, image_size: int | str | None, weights: ResolvedWeights) -> int:
-    """The input side of ``variant``'s artifacts: asked for, else the size the checkpoint was
+    """The input side of one of ``variant``'s artifacts: asked for, else the size the checkpoint was
     trained at, else the variant's own."""
     native = get_config(variant).image_size
     size = native if image_size == "native" else image_size or weights.trained_image_size or native
-    if size % 32:
-        raise ConvertError(f"{variant}: the checkpoint was trained at {size} px, not a "
-                           f"multiple of 32; pass --image-size")
-    return size
+    try:
+        return check_image_size(size)
+    except ValueError as exc:
+        raise ConvertError(f"{variant}: the checkpoint was trained at {size} px: {exc}; "
+                           f"pass --image-size") from None
 
 
 def _labels(variant: str, labels: Sequence[str] | None, num_classes: int,
@@ -507,8 +579,8 @@ def _job(variant: str, exporter: Exporter, precision: str, root: Path, image_siz
         calibration=calibration.key if calibrated and calibration else None,
         tools=exporter.tool_versions(), options=exporter.options(precision),
     )
-    return _Job(variant, exporter, precision, key, artifact_dir(root, variant, exporter.backend, precision),
-                calibrated)
+    return _Job(variant, exporter, precision, key,
+                artifact_dir(root, variant, exporter.backend, precision, image_size), calibrated, image_size)
 
 
 def _check_executor(executor: str, ray_address: str | None) -> None:
@@ -556,15 +628,22 @@ def _check_fit(variant: str, num_classes: int, weights: ResolvedWeights) -> None
 # ------------------------------------------------------------------------------------ running
 
 
-def _run_variant(variant: str, jobs: list[_Job], plan: _Plan, results: list[ArtifactResult], bar: Any,
-                 *, force: bool, verify_images: int, thresholds, executor: str = "local",
+def _run_variant(variant: str, image_size: int, jobs: list[_Job], plan: _Plan, results: list[ArtifactResult],
+                 bar: Any, *, force: bool, verify_images: int, thresholds, executor: str = "local",
                  ray_address: str | None = None) -> None:
+    """Build ``jobs``: the artifacts of ``variant`` at one input size (one PyTorch model)."""
     todo = []
     for job in jobs:
         skipped = None if force else _up_to_date(job)
         if skipped is not None:
-            results.append(skipped)
             logger.info("%s: up to date, skipped", job.name)
+            if plan.evaluation is not None:
+                try:
+                    skipped.accuracy = _score_in_place(job, plan.evaluation)
+                except Exception as exc:  # noqa: BLE001 - reported per artifact, the others go on
+                    skipped.status, skipped.error = "failed", f"evaluation failed: {type(exc).__name__}: {exc}"
+                    logger.error("%s: %s", job.name, skipped.error)
+            results.append(skipped)
             bar.update(1)
         else:
             todo.append(job)
@@ -578,13 +657,12 @@ def _run_variant(variant: str, jobs: list[_Job], plan: _Plan, results: list[Arti
         bar.set_description(f"{variant}: building model")
         logger.info("%s: building the PyTorch model (%s weights)", variant,
                     "random" if plan.weights[variant].random else plan.weights[variant].source)
-        model = build_model(variant, plan.num_classes[variant], plan.weights[variant],
-                            image_size=plan.image_sizes[variant])
+        model = build_model(variant, plan.num_classes[variant], plan.weights[variant], image_size=image_size)
         reference = reference_outputs(
             model, plan.holdout.holdout_frames(verify_images),
             description=plan.holdout.holdout_description)
     except Exception as exc:  # noqa: BLE001 - reported per artifact, other variants go on
-        setup_error = f"building {variant} failed: {type(exc).__name__}: {exc}"
+        setup_error = f"building {variant} at {image_size} px failed: {type(exc).__name__}: {exc}"
         logger.error("%s", setup_error)
 
     if setup_error is None and executor == "ray":
@@ -619,7 +697,7 @@ def _up_to_date(job: _Job) -> ArtifactResult | None:
         return None
     return ArtifactResult(job.variant, job.exporter.name, job.exporter.backend, job.precision, "skipped",
                           path=job.final, size_mb=_size_mb(manifest.file_paths(job.final)),
-                          parity=dict(manifest.parity))
+                          parity=dict(manifest.parity), image_size=job.image_size, accuracy=manifest.accuracy)
 
 
 @dataclass
@@ -694,6 +772,9 @@ def _publish_made(job: _Job, made: _Made, staging: Path, plan: _Plan, config: An
         created=utc_now(), export_key=job.key,
     )
     manifest.save(staging)
+    if plan.evaluation is not None and not made.failures:
+        manifest = replace(manifest, accuracy=_score(staging, manifest, plan.evaluation))
+        manifest.save(staging)
     Manifest.load(staging).verify_files(staging)  # what is published must read back and verify
     size = _size_mb(made.files)
     seconds = time.perf_counter() - started
@@ -704,12 +785,12 @@ def _publish_made(job: _Job, made: _Made, staging: Path, plan: _Plan, config: An
         logger.error("%s: %s", job.name, message)
         return ArtifactResult(job.variant, exporter.name, exporter.backend, job.precision, "failed",
                               path=target, seconds=seconds, export_seconds=made.export_seconds, size_mb=size,
-                              parity=made.parity, error=message)
+                              parity=made.parity, error=message, image_size=job.image_size)
     _publish(staging, job.final)
     logger.info("%s: built in %.1f s", job.name, seconds)
     return ArtifactResult(job.variant, exporter.name, exporter.backend, job.precision, "built",
                           path=job.final, seconds=seconds, export_seconds=made.export_seconds, size_mb=size,
-                          parity=made.parity)
+                          parity=made.parity, image_size=job.image_size, accuracy=manifest.accuracy)
 
 
 def _thresholds(overrides, weights: ResolvedWeights) -> Mapping[str, Mapping[str, tuple[str, float]]]:
@@ -721,7 +802,72 @@ def _thresholds(overrides, weights: ResolvedWeights) -> Mapping[str, Mapping[str
 
 def _failed(job: _Job, message: str, seconds: float) -> ArtifactResult:
     return ArtifactResult(job.variant, job.exporter.name, job.exporter.backend, job.precision, "failed",
-                          path=None, seconds=seconds, error=message)
+                          path=None, seconds=seconds, error=message, image_size=job.image_size)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def _open_evaluation(ann_file: str | os.PathLike[str] | None, images_dir: str | os.PathLike[str] | None,
+                     limit: int | None) -> _Evaluation | None:
+    """The evaluation set, checked before any work (None when none was given)."""
+    from edgedet.evaluate import load_dataset
+
+    if ann_file is None and images_dir is None:
+        if limit is not None:
+            raise ConvertError("eval_limit needs an evaluation set (--eval-ann and --eval-images)")
+        return None
+    if ann_file is None or images_dir is None:
+        raise ConvertError("an evaluation set is a COCO annotation file and its images: give both "
+                           "--eval-ann FILE and --eval-images DIR, or neither")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConvertError(f"eval_limit must be a positive number of images, got {limit!r}")
+    if _missing("faster_coco_eval") and _missing("pycocotools"):
+        raise ConvertError("scoring mAP needs faster-coco-eval or pycocotools: pip install 'edgedet[eval]'")
+    ann, images = Path(ann_file).expanduser(), Path(images_dir).expanduser()
+    try:
+        data = load_dataset(ann)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConvertError(f"--eval-ann: {exc}") from None
+    if not data.get("annotations"):
+        raise ConvertError(f"--eval-ann {ann} has no annotations: mAP would be undefined")
+    if not images.is_dir():
+        raise ConvertError(f"--eval-images {images} is not a directory (the folder of the annotation file's images)")
+    count = len(data["images"]) if limit is None else min(limit, len(data["images"]))
+    return _Evaluation(ann, images, limit, f"{ann.name}#{sha256_file(ann)[:12]}", count)
+
+
+def _check_evaluation_classes(variant: str, num_classes: int, labels: tuple[str, ...], evaluation: _Evaluation) -> None:
+    """The model's classes must map to the evaluation file's categories (as the scoring will map them)."""
+    from edgedet.evaluate import category_mapping, load_dataset
+
+    try:
+        category_mapping(num_classes, load_dataset(evaluation.ann_file)["categories"], labels=labels)
+    except ValueError as exc:
+        raise ConvertError(f"{variant} cannot be scored on {evaluation.ann_file}: {exc}") from None
+
+
+def _score(directory: Path, manifest: Manifest, evaluation: _Evaluation) -> AccuracyInfo:
+    """COCO mAP of the artifact in ``directory``, run as ``Detector`` runs it."""
+    from edgedet.evaluate import evaluate_artifact
+
+    logger.info("%s: scoring mAP on %d images of %s", manifest.artifact_name, evaluation.images, evaluation.dataset)
+    metrics = evaluate_artifact(directory, evaluation.ann_file, evaluation.images_dir, variant=manifest.variant,
+                                backend=manifest.backend, precision=manifest.precision, limit=evaluation.limit)
+    return AccuracyInfo(map50_95=max(0.0, metrics["AP"]), map50=max(0.0, metrics["AP50"]),
+                        dataset=evaluation.dataset, images=evaluation.images)
+
+
+def _score_in_place(job: _Job, evaluation: _Evaluation) -> AccuracyInfo:
+    """Score an up-to-date artifact unless its manifest already holds this set's figures, and
+    rewrite its manifest (atomically) with them."""
+    manifest = Manifest.load(job.final)
+    known = manifest.accuracy
+    if known is not None and (known.dataset, known.images) == (evaluation.dataset, evaluation.images):
+        return known
+    accuracy = _score(job.final, manifest, evaluation)
+    replace(manifest, accuracy=accuracy).save(job.final)
+    return accuracy
 
 
 def _remove_extras(staging: Path, files: list[Path]) -> None:

@@ -7,8 +7,10 @@ wires it to real calls; tests feed it latencies and a fake clock.
 
 The rule (issue 13):
 
-* The *ladder* is the profiled artifacts ordered by expected accuracy, keeping only those faster
-  than every more accurate one (a slower, less accurate artifact is never worth stepping to).
+* The *ladder* is the profiled artifacts ordered by expected accuracy — the rank selection uses,
+  :func:`edgedet.detector.accuracy_ranks`, so variants, input sizes and precisions share one
+  scale — keeping only those faster than every more accurate one (a slower, less accurate
+  artifact is never worth stepping to).
 * Latencies of the serving artifact fill a rolling window of ``window`` calls. Its percentile
   (``percentile``, nearest rank below, so that one spike among ten calls never moves it) is the
   *observed* latency; observed / profiled of the serving artifact is the *slowdown* of the device.

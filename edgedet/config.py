@@ -184,6 +184,48 @@ CONFIGS: dict[str, ModelConfig] = {
 
 VARIANTS: tuple[str, ...] = tuple(CONFIGS)
 
+#: Every input side must be a multiple of this: the backbone's last stride (P5). Levels above P5
+#: halve with ceil (TF 'same'), so 2**max_level (128) need not divide the size: Lite0's own 320
+#: does not, and google/automl dropped its early multiple-of-128 rule (automl issue 779).
+SIZE_MULTIPLE = 32
+
+#: Expected COCO AP at an input size other than the native one, for the same weights (see
+#: :func:`expected_coco_ap`): the relative AP lost per unit of ln(native / size) below native...
+AP_SLOPE_BELOW = 0.27
+#: ...and gained per unit of ln(size / native) above it.
+AP_SLOPE_ABOVE = 0.08
+
+
+def check_image_size(size: object) -> int:
+    """``size`` as an int if an EfficientDet can take it (a positive multiple of
+    :data:`SIZE_MULTIPLE`), else ``ValueError`` saying which sizes work."""
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % SIZE_MULTIPLE:
+        hint = ""
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            below = size // SIZE_MULTIPLE * SIZE_MULTIPLE
+            above = below + SIZE_MULTIPLE
+            hint = f"; the nearest that work are {' and '.join(str(s) for s in (below, above) if s > 0)}"
+        raise ValueError(f"image size {size!r} is not a positive multiple of {SIZE_MULTIPLE} (the backbone "
+                         f"downsamples by {SIZE_MULTIPLE}){hint}")
+    return size
+
+
+def expected_coco_ap(variant: str | ModelConfig, image_size: int | None = None) -> float:
+    """The COCO AP to expect of ``variant``'s published weights run at ``image_size`` inputs.
+
+    At the native size it is the published figure (:attr:`ModelConfig.coco_ap`). At another
+    size ``s`` of a native ``n`` the rule is ``AP_n * (1 + k * ln(s / n))``, with
+    ``k = AP_SLOPE_BELOW`` below native and the smaller ``AP_SLOPE_ABOVE`` above it (more pixels
+    help less than fewer pixels hurt: the weights were trained for objects at native scale), and
+    never below 0. The slopes are fitted to published results of one set of weights tested at
+    several sizes (docs/ARCHITECTURE.md, "How the Detector chooses").
+    """
+    config = variant if isinstance(variant, ModelConfig) else get_config(variant)
+    size = image_size or config.image_size
+    ratio = math.log(size / config.image_size)
+    slope = AP_SLOPE_BELOW if ratio < 0 else AP_SLOPE_ABOVE
+    return max(0.0, config.coco_ap * (1.0 + slope * ratio))
+
 
 def get_config(name: str) -> ModelConfig:
     """The configuration of variant ``name`` (``"d0"``..``"d7x"``, ``"lite0"``..``"lite4"``).

@@ -1,20 +1,25 @@
-"""``Detector``: choose the largest EfficientDet that meets a latency budget *on this device*, then
-turn frames into :class:`~edgedet.detections.Detections`.
+"""``Detector``: choose the most accurate EfficientDet artifact that meets a latency budget *on this
+device*, then turn frames into :class:`~edgedet.detections.Detections`.
 
-Selection (docs/ARCHITECTURE.md): artifacts are grouped by family (D, Lite) and ordered by φ; each is
-measured end to end (preprocess + inference + decode + NMS) after warm-up on a frame of the size
-the caller will send; the walk goes up in φ and stops at the first variant with no artifact
-within budget (a bigger φ is never faster). Among the artifacts of one φ that fit, the most
-accurate precision wins (fp32 > fp16 > int8), then the fastest. The D and Lite walks each end
-at their largest φ within budget; between those two, the variant with the higher published COCO
-AP is served (φ does not compare across families: Lite2 beats D0). Measurements are cached per
-device, runtime, threads, artifact architecture and frame size, so a second start measures nothing.
+Selection (docs/ARCHITECTURE.md): every artifact — a (variant, input size, backend, precision) —
+has an expected accuracy (:func:`accuracy_ranks`: its measured mAP when the converter scored every
+candidate on one evaluation set, else the published COCO AP of its variant adjusted for its input
+size by :func:`edgedet.config.expected_coco_ap`). The detector serves the most accurate artifact
+whose end-to-end latency (preprocess + inference + decode + NMS, after warm-up, on a frame of the
+size the caller will send) is within budget. Within a family (D, Lite) latency is monotone in φ
+and in input size for one runtime and precision, not across them (d1 at 384 px may beat d0 at
+512), so the walk visits (variant, size) groups up in φ then size and skips, untimed, what is
+bounded from below by an artifact that missed, and what ranks no higher than an artifact already
+within budget. The D and Lite walks each end with their most accurate fitting artifact; the more
+accurate of the two is served. Measurements are cached per device, runtime, threads, artifact
+architecture (input size included) and frame size, so a second start measures nothing.
 
-Profiling respects the caller's time: each φ is scouted by its int8 artifacts (the likely
-fastest); only the largest φ that fits has its other precisions timed (fp32 first, fp16 only if no
-fp32 fits); an artifact whose first warm-up call already takes more than ``REJECT_FACTOR`` × the
-budget is rejected untimed, and the other precisions of a runtime whose int8 was rejected are
-skipped; timing stops once an artifact's percentile is certain to be over budget.
+Profiling respects the caller's time: each (variant, size) is scouted by its int8 artifacts (the
+likely fastest); the other precisions of the groups that fit are timed afterwards, most accurate
+first, only while they can still win (fp16 only if no fp32 above it fits); an artifact whose first
+warm-up call already takes more than ``REJECT_FACTOR`` × the budget is rejected untimed, and the
+other precisions of a runtime whose int8 was rejected are skipped; timing stops once an artifact's
+percentile is certain to be over budget.
 
 Serving adapts (issue 13): with a budget, :class:`edgedet.adaptive.AdaptivePolicy` watches the
 latency of the detector's own calls and steps to a faster artifact when the device slows down,
@@ -35,7 +40,7 @@ from typing import Callable, Literal, NamedTuple, Sequence
 import numpy as np
 
 from edgedet.adaptive import AdaptiveConfig, AdaptivePolicy, Rung, Switch
-from edgedet.config import get_config
+from edgedet.config import expected_coco_ap, get_config
 from edgedet.cpu import usable_cores
 from edgedet.backends import BACKENDS, BackendError, available_backends, load_backend, runtime_version
 from edgedet.detections import Detections
@@ -165,7 +170,8 @@ class ProfileRow:
     precision: str
     latency_ms: float | None  # at the detector's percentile; None if not measured
     fits: bool | None
-    source: str  # "measured", "cache", "skipped (walk stopped)", "not measured", or an error
+    source: str  # "measured", "cache", "skipped (<why>)", "rejected ...", "chosen by preference", or an error
+    image_size: int | None = None  # the artifact's input side
 
 
 class ProfileTable(list):
@@ -181,7 +187,8 @@ class ProfileTable(list):
 
 
 class Detector:
-    """Serve the largest EfficientDet whose end-to-end latency meets ``budget_ms`` on this device.
+    """Serve the most accurate EfficientDet artifact whose end-to-end latency meets ``budget_ms`` on
+    this device (variants, input sizes and precisions ranked by :func:`accuracy_ranks`).
 
     Args:
         budget_ms: end-to-end latency budget per frame (at ``percentile``). With ``variant`` only,
@@ -263,6 +270,7 @@ class Detector:
         self._executor: ThreadPoolExecutor | None = None
         self._loading = threading.Event()  # set while the background thread loads or warms a model
         self._measured_pipelines: dict[str, Pipeline] = {}  # loaded while profiling: reused as warm neighbours
+        self._ranks: dict[str, tuple] = {}  # name -> accuracy rank of each candidate (accuracy_ranks)
 
         candidates = self._candidates(variant, backend, precision)
         if budget_ms is None:
@@ -495,21 +503,24 @@ class Detector:
 
     def _row(self, a: Artifact, latency: float | None, fits: bool | None, source: str) -> None:
         m = a.manifest
-        self.profile.append(ProfileRow(a.name, m.variant, m.phi, m.backend, m.precision, latency, fits, source))
+        self.profile.append(ProfileRow(a.name, m.variant, m.phi, m.backend, m.precision, latency, fits, source,
+                                       m.image_size))
 
-    def _time_all(self, artifacts: list[Artifact], budget: float,
-                  hopeless: dict[str, str]) -> list[tuple[float, Artifact, Pipeline | None]]:
+    def _time_all(self, artifacts: list[Artifact], budget: float, hopeless: dict[str, str],
+                  over: list[Artifact]) -> list[tuple[float, Artifact, Pipeline | None]]:
         """Latencies of ``artifacts`` (in the order given), rejecting and skipping what cannot fit.
 
-        ``hopeless`` (backend -> why) is shared by the calls for one φ: a rejected int8 skips the
-        other precisions of its runtime. Returns ``(latency, artifact, pipeline or None)`` of each
-        artifact actually timed (or cached).
+        ``hopeless`` (backend -> why) is shared by the calls for one (variant, size): a rejected
+        int8 skips the other precisions of its runtime. Every artifact judged over budget (measured
+        over, rejected, or skipped as hopeless) is appended to ``over``. Returns ``(latency,
+        artifact, pipeline or None)`` of each artifact actually timed (or cached).
         """
         measured = []
         for a in artifacts:
             m = a.manifest
             if m.backend in hopeless:
                 self._row(a, None, False, f"skipped ({hopeless[m.backend]})")
+                over.append(a)
                 continue
             try:
                 stats, source, pipeline = self._latency(a)
@@ -518,6 +529,7 @@ class Detector:
                          slow.limit_ms, REJECT_FACTOR)
                 self._row(a, slow.first_ms, False, f"rejected {'(cache)' if slow.cached else 'after warm-up'}: "
                           f"first call > {REJECT_FACTOR:g}x budget")
+                over.append(a)
                 if m.precision == "int8":  # the others of this runtime are slower (fp16 need not beat fp32 on CPU)
                     hopeless[m.backend] = f"int8 of {m.backend} already {slow.first_ms / budget:.1f}x over budget"
                 continue
@@ -528,6 +540,8 @@ class Detector:
             latency = stats.percentile_ms(self.percentile)
             fits = latency <= budget
             self._row(a, latency, fits, source)
+            if not fits:
+                over.append(a)
             if m.precision == "int8" and latency > INT8_HOPELESS_FACTOR * budget:
                 hopeless[m.backend] = f"int8 of {m.backend} already {latency / budget:.1f}x over budget"
             log.info("%s: p%g %.1f ms (%s) %s budget %.1f ms", a.name, self.percentile, latency, source,
@@ -537,15 +551,15 @@ class Detector:
 
     def _select(self, candidates: list[Artifact], on_miss: str) -> tuple[Artifact, Pipeline, float]:
         budget = float(self.budget_ms)  # type: ignore[arg-type]
-        by_family: dict[str, dict[tuple[int, int, str], list[Artifact]]] = {}
+        self._ranks = dict(zip((a.name for a in candidates), accuracy_ranks([a.manifest for a in candidates])))
+        by_family: dict[str, list[Artifact]] = {}
         for a in candidates:
-            m = a.manifest
-            by_family.setdefault(m.family, {}).setdefault((m.phi, m.image_size, m.variant), []).append(a)
+            by_family.setdefault(a.manifest.family, []).append(a)
 
         best: list[tuple[tuple, Artifact, float, Pipeline | None]] = []
         measured_all: list[tuple[float, Artifact, Pipeline | None]] = []
-        for family, variants in by_family.items():
-            winner = self._walk(variants, budget, measured_all)
+        for family, artifacts in by_family.items():
+            winner = self._walk(artifacts, budget, measured_all)
             if winner is not None:
                 best.append(winner)
         self._profiled = {a.name: (a, latency) for latency, a, _ in measured_all}
@@ -560,76 +574,102 @@ class Detector:
                                     if row.fits is False)
                 raise BudgetError(f"no artifact meets the {budget:g} ms budget on this device: the fastest first "
                                   f"call, {name}, took {latency:.1f} ms (over {REJECT_FACTOR:g}x the budget)."
-                                  " Export INT8 artifacts, a smaller variant (lite0), or raise the budget.\n"
-                                  + str(self.profile))
+                                  " Export INT8 artifacts, a smaller variant (lite0) or input size "
+                                  "(edgedet-convert --image-sizes), or raise the budget.\n" + str(self.profile))
             raise NoArtifactsError(f"none of the artifacts in {self.models_dir} could be loaded; see the log")
         latency, artifact, pipeline = min(measured_all, key=lambda t: t[0])
         message = (f"no artifact meets the {budget:g} ms budget (p{self.percentile:g}, end to end, frames "
                    f"{self.frame_size[0]}x{self.frame_size[1]}) on this device: the fastest, {artifact.name}, "
                    f"takes {latency:.1f} ms. What could help: export INT8 artifacts "
                    "(edgedet-convert --precisions int8), try another backend (backend='openvino' or 'tflite'), "
-                   "a smaller variant (lite0), send smaller frames, free the CPU of other work, "
-                   "or raise the budget.\n" + str(self.profile))
+                   "a smaller variant (lite0) or input size (edgedet-convert --image-sizes), send smaller frames, "
+                   "free the CPU of other work, or raise the budget.\n" + str(self.profile))
         if on_miss == "error":
             raise BudgetError(message)
         log.warning("%s\nServing the fastest, %s, as on_miss='smallest' asks.", message, artifact.name)
         return artifact, pipeline or self._load(artifact), latency
 
-    def _walk(self, variants: dict[tuple[int, int, str], list[Artifact]], budget: float,
+    def _walk(self, artifacts: list[Artifact], budget: float,
               measured_all: list) -> tuple[tuple, Artifact, float, Pipeline | None] | None:
-        """One family's walk up in φ; returns its winner ``(rank key, artifact, latency, pipeline)``.
+        """One family's walk; returns its winner ``(rank, artifact, latency, pipeline)``: the most
+        accurate artifact (:func:`accuracy_ranks`) within budget, timing as little as it can.
 
-        Each φ is scouted by its int8 artifacts (the likely fastest; all of them when int8 misses or
-        is absent). The walk stops at the first φ where nothing fits. Only the largest φ that fits
-        has its other precisions timed, fp32 first; fp16 only when no fp32 fits (it cannot win
-        otherwise). The deferred precisions of smaller φ cannot win and are not timed.
+        The (variant, size) groups are visited up in φ, then input size. Latency is monotone
+        only along both: with the same runtime and precision, a bigger φ or a bigger input is
+        never faster, but d1 at 384 px may beat d0 at 512. So an artifact is skipped untimed when
+        one of its runtime and precision with a φ and a size no larger has missed the budget
+        ("walk stopped"), or when it ranks no higher than the best artifact found within budget
+        ("cannot win"). Each group is scouted by its int8 artifacts (the likely fastest; all of
+        them when int8 misses or is absent); the other precisions of groups that fit are timed at
+        the end, most accurate first, only while they can still win.
         """
         def speed(a: Artifact) -> tuple:
             return SPEED_ORDER[a.manifest.precision], a.name
 
-        top: tuple | None = None  # (key, measured, deferred, hopeless) of the largest φ that fits
-        stopped = False
-        for key in sorted(variants):
-            ordered = sorted(variants[key], key=speed)
-            if stopped:
-                for a in ordered:
-                    self._row(a, None, None, "skipped (walk stopped)")
+        missed: list[Artifact] = []  # judged over budget: what they bound from below cannot fit
+        best: tuple[tuple, float, Artifact, Pipeline | None] | None = None  # (rank, latency, artifact, pipeline)
+        pending: list[tuple[Artifact, dict[str, str]]] = []  # deferred precisions, with their group's hopeless
+
+        def blocked_by(a: Artifact) -> Artifact | None:
+            m = a.manifest
+            return next((b for b in missed if (b.manifest.backend, b.manifest.precision) == (m.backend, m.precision)
+                         and b.manifest.phi <= m.phi and b.manifest.image_size <= m.image_size), None)
+
+        def why_not(a: Artifact) -> str | None:
+            """Why ``a`` need not be timed, or None."""
+            if best is not None and self._ranks[a.name] <= best[0]:
+                winner = best[2].manifest
+                same = (winner.variant, winner.image_size) == (a.manifest.variant, a.manifest.image_size)
+                return f"cannot win: {f'an {winner.precision}' if same else _label(winner)} fits"
+            blocker = blocked_by(a)
+            return None if blocker is None else f"walk stopped: {blocker.name} missed"
+
+        def consider(measured: list[tuple[float, Artifact, Pipeline | None]]) -> None:
+            nonlocal best
+            measured_all.extend(measured)
+            for latency, a, pipeline in measured:
+                if latency <= budget and (best is None or self._ranks[a.name] > best[0]):
+                    best = (self._ranks[a.name], latency, a, pipeline)
+
+        groups: dict[tuple[int, int, str], list[Artifact]] = {}
+        for a in artifacts:
+            m = a.manifest
+            groups.setdefault((m.phi, m.image_size, m.variant), []).append(a)
+        for key in sorted(groups):
+            todo = []
+            for a in sorted(groups[key], key=speed):
+                reason = why_not(a)
+                if reason is None:
+                    todo.append(a)
+                else:
+                    self._row(a, None, None, f"skipped ({reason})")
+            if not todo:
                 continue
             hopeless: dict[str, str] = {}
-            scouts = [a for a in ordered if a.manifest.precision == "int8"] or ordered
-            measured = self._time_all(scouts, budget, hopeless)
-            deferred = [a for a in ordered if a not in scouts]
+            scouts = [a for a in todo if a.manifest.precision == "int8"] or todo
+            measured = self._time_all(scouts, budget, hopeless, missed)
+            deferred = [a for a in todo if a not in scouts]
             if deferred and not any(latency <= budget for latency, _, _ in measured):
-                measured += self._time_all(deferred, budget, hopeless)  # int8 is not always the fastest
+                measured += self._time_all(deferred, budget, hopeless, missed)  # int8 is not always the fastest
                 deferred = []
-            measured_all.extend(measured)
-            if not any(latency <= budget for latency, _, _ in measured):
-                stopped = True  # bigger φ is never faster: stop this family's walk
+            consider(measured)
+            pending.extend((a, hopeless) for a in deferred)
+        for a, hopeless in sorted(pending, key=lambda item: self._ranks[item[0].name], reverse=True):
+            reason = why_not(a)
+            if reason is not None:
+                self._row(a, None, None, f"skipped ({reason})")
                 continue
-            if top is not None:
-                for a in top[2]:
-                    self._row(a, None, None, f"skipped (cannot win: {key[2]} fits)")
-            top = (key, measured, deferred, hopeless)
-        if top is None:
+            consider(self._time_all([a], budget, hopeless, missed))
+        if best is None:
             return None
-        (phi, size, variant), measured, deferred, hopeless = top
-        for a in sorted(deferred, key=lambda a: (PRECISION_RANK[a.manifest.precision], a.name)):
-            if PRECISION_RANK[a.manifest.precision] > 0 and any(
-                    latency <= budget and PRECISION_RANK[b.manifest.precision] == 0 for latency, b, _ in measured):
-                self._row(a, None, None, "skipped (cannot win: an fp32 fits)")
-                continue
-            timed = self._time_all([a], budget, hopeless)
-            measured += timed
-            measured_all.extend(timed)
-        fitting = [(PRECISION_RANK[a.manifest.precision], latency, a, pipeline)
-                   for latency, a, pipeline in measured if latency <= budget]
-        rank, latency, a, pipeline = min(fitting, key=lambda t: (t[0], t[1]))
-        return (_published_ap(variant), phi, size), a, latency, pipeline
+        rank, latency, a, pipeline = best
+        return rank, a, latency, pipeline
 
     # ------------------------------------------------------------------------------- adapting
 
     def _accuracy(self, artifact: Artifact) -> tuple:
-        return accuracy_rank(artifact.manifest)
+        """The artifact's rank as selection ranked it (one rule for selection and the ladder)."""
+        return self._ranks[artifact.name]
 
     def _start_adapting(self, config: AdaptiveConfig, chosen: Artifact, pipeline: Pipeline) -> None:
         rungs = [Rung(name, ms, self._accuracy(a)) for name, (a, ms) in self._profiled.items()]
@@ -797,19 +837,52 @@ def _models_dir(models: str | Path | None) -> Path:
     return path
 
 
-def accuracy_rank(manifest: Manifest) -> tuple:
-    """Expected accuracy, as selection and adaptive serving rank artifacts (higher is better):
-    published AP, then φ and input size, then precision (fp32 > fp16 > int8)."""
-    return (_published_ap(manifest.variant), manifest.phi, manifest.image_size, -PRECISION_RANK[manifest.precision])
+def accuracy_rank(manifest: Manifest, *, measured_on: str | None = None) -> tuple:
+    """Expected accuracy of one artifact (higher is better): expected AP (%), then φ, input size
+    and precision (fp32 > fp16 > int8) to break ties.
+
+    The expected AP is the artifact's own measured mAP when its manifest records one on the
+    evaluation set ``measured_on`` (:func:`evaluation_of`); otherwise the published COCO AP of its
+    variant, adjusted for its input size by :func:`edgedet.config.expected_coco_ap`. A variant the
+    table does not know ranks last. Compare ranks only among artifacts ranked the same way: use
+    :func:`accuracy_ranks` for a set.
+    """
+    accuracy = manifest.accuracy
+    if measured_on is not None and accuracy is not None and evaluation_of(manifest) == measured_on:
+        expected = 100.0 * accuracy.map50_95
+    else:
+        try:
+            expected = expected_coco_ap(manifest.variant, manifest.image_size)
+        except ValueError:
+            expected = 0.0
+    return (expected, manifest.phi, manifest.image_size, -PRECISION_RANK[manifest.precision])
 
 
-def _published_ap(variant: str) -> float:
-    """The variant's published COCO AP: ranks the winners of the D and Lite walks against each
-    other (within a family it grows with φ). A variant the table does not know ranks last."""
+def accuracy_ranks(manifests: Sequence[Manifest]) -> list[tuple]:
+    """:func:`accuracy_rank` of each of ``manifests``, as selection and adaptive serving rank them:
+    by measured mAP when every one was scored on the same evaluation set (figures on one set
+    compare; a custom set's mAP and COCO's published AP do not), else all by the published rule."""
+    sets = {evaluation_of(m) for m in manifests}
+    common = next(iter(sets)) if len(sets) == 1 else None
+    if len(sets) > 1 and any(sets - {None}):
+        log.info("edgedet: ranking by published COCO AP: the artifacts were not all scored on one evaluation "
+                 "set (edgedet-convert --eval-ann/--eval-images scores them)")
+    return [accuracy_rank(m, measured_on=common) for m in manifests]
+
+
+def evaluation_of(manifest: Manifest) -> str | None:
+    """The evaluation set (and image count) the artifact's recorded mAP was measured on, or None."""
+    accuracy = manifest.accuracy
+    return None if accuracy is None else f"{accuracy.dataset}:{accuracy.images}"
+
+
+def _label(manifest: Manifest) -> str:
+    """``d0``, or ``d0@384`` for an input size other than the variant's native one."""
     try:
-        return get_config(variant).coco_ap
+        native = get_config(manifest.variant).image_size
     except ValueError:
-        return 0.0
+        native = None
+    return manifest.variant if manifest.image_size == native else f"{manifest.variant}@{manifest.image_size}"
 
 
 def _install_hint(backend: str) -> str:

@@ -5,10 +5,12 @@ This module is the single definition of the schema (docs/ARCHITECTURE.md, rule 2
 only (plus :mod:`edgedet.config`, itself stdlib only), so the torch-free runtime can import it.
 
 On disk an artifact is one directory, ``<root>/<variant>/<backend>-<precision>/`` (see
-:func:`artifact_dir`), holding the model file(s) and ``manifest.json``::
+:func:`artifact_dir`), holding the model file(s) and ``manifest.json``; an artifact made for an
+input size other than the variant's native one names it, ``<backend>-<precision>-<size>``::
 
     exports/d0/onnxruntime-int8/model.onnx
     exports/d0/onnxruntime-int8/manifest.json
+    exports/d0/onnxruntime-int8-384/model.onnx + manifest.json
     exports/d0/openvino-fp16/model.xml + model.bin + manifest.json
 
 Schema (version 1); every field is required unless marked *nullable*:
@@ -34,6 +36,9 @@ Schema (version 1); every field is required unless marked *nullable*:
 ``calibration``     ``{source, count}`` (*nullable*: only quantized artifacts are calibrated)
 ``float_layers``    names of the layers left in floating point in a quantized graph (list of str)
 ``parity``          figures measured against PyTorch FP32 at export (``{name: number|str|bool}``)
+``accuracy``        ``{map50_95, map50, dataset, images}``: COCO mAP (0..1) of this artifact on an
+                    evaluation set given to the converter, ``dataset`` naming the set (optional:
+                    absent when none was given)
 ``tools``           ``{package: version}`` of the exporting toolchain
 ``options``         ``{name: value}`` (strings) of the exporter settings that shaped the artifact, e.g.
                     ``int8_mode``, ``input_dtype`` (optional on read: ``{}`` when absent)
@@ -69,6 +74,7 @@ __all__ = [
     "OUTPUT_ROLES",
     "PRECISIONS",
     "SCHEMA_VERSION",
+    "AccuracyInfo",
     "AnchorSpec",
     "CalibrationInfo",
     "InputSpec",
@@ -216,6 +222,16 @@ class CalibrationInfo:
 
 
 @dataclass(frozen=True)
+class AccuracyInfo:
+    """COCO mAP of the artifact itself, measured by the converter on an evaluation set."""
+
+    map50_95: float  #: COCO AP@[.5:.95], 0..1
+    map50: float  #: AP@.5, 0..1
+    dataset: str  #: which set: the annotation file's name and the start of its sha256
+    images: int  #: images scored
+
+
+@dataclass(frozen=True)
 class Manifest:
     """One artifact: a variant exported for one backend at one precision. See the module doc.
 
@@ -237,6 +253,7 @@ class Manifest:
     calibration: CalibrationInfo | None = None
     float_layers: tuple[str, ...] = ()
     parity: dict[str, Any] = field(default_factory=dict)
+    accuracy: AccuracyInfo | None = None
     tools: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     created: str = ""
@@ -282,8 +299,9 @@ class Manifest:
 
     @property
     def artifact_name(self) -> str:
-        """``<variant>/<backend>-<precision>``: how reports and logs name this artifact."""
-        return f"{self.variant}/{artifact_dirname(self.backend, self.precision)}"
+        """``<variant>/<backend>-<precision>`` (``-<size>`` when not the variant's native input
+        size): how reports and logs name this artifact, as :func:`artifact_dir` names its directory."""
+        return f"{self.variant}/{artifact_dir('', self.variant, self.backend, self.precision, self.image_size).name}"
 
     def model_config(self) -> ModelConfig:
         """A :class:`~edgedet.config.ModelConfig` for the anchors, normalization and class count.
@@ -310,6 +328,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (lists for tuples), keys in schema order, ``schema_version`` first."""
         data = asdict(self)
+        if data["accuracy"] is None:
+            del data["accuracy"]  # optional: a manifest without it reads as before
         out: dict[str, Any] = {"schema_version": data.pop("schema_version")}
         out.update(data)
         return _jsonable(out)
@@ -383,14 +403,23 @@ class Manifest:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def artifact_dirname(backend: str, precision: str) -> str:
-    """The directory name of one artifact of a variant: ``<backend>-<precision>``."""
-    return f"{backend}-{precision}"
+def artifact_dirname(backend: str, precision: str, image_size: int | None = None) -> str:
+    """The directory name of one artifact of a variant: ``<backend>-<precision>``, and
+    ``-<image_size>`` when one is given (:func:`artifact_dir` gives it only for a non-native size)."""
+    return f"{backend}-{precision}" + ("" if image_size is None else f"-{image_size}")
 
 
-def artifact_dir(root: str | os.PathLike[str], variant: str, backend: str, precision: str) -> Path:
-    """Where an artifact lives under an export root: ``<root>/<variant>/<backend>-<precision>``."""
-    return Path(root) / variant / artifact_dirname(backend, precision)
+def artifact_dir(root: str | os.PathLike[str], variant: str, backend: str, precision: str,
+                 image_size: int | None = None) -> Path:
+    """Where an artifact lives under an export root: ``<root>/<variant>/<backend>-<precision>``, or
+    ``.../<backend>-<precision>-<image_size>`` for an input size other than the variant's native one."""
+    return Path(root) / variant / artifact_dirname(backend, precision, _size_suffix(variant, image_size))
+
+
+def _size_suffix(variant: str, image_size: int | None) -> int | None:
+    """``image_size`` when a name must carry it (not the native size of a variant the table knows)."""
+    config = CONFIGS.get(variant)
+    return None if image_size is None or (config is not None and config.image_size == image_size) else image_size
 
 
 def export_key(**inputs: Any) -> str:
@@ -619,6 +648,11 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
     if not _is_sha256(key):
         raise _fail(where, "export_key", f"must be a hex sha256, got {key!r}")
 
+    a = top.obj("accuracy", nullable=True) if "accuracy" in top.data else None
+    accuracy = None if a is None else AccuracyInfo(
+        map50_95=a.number("map50_95"), map50=a.number("map50"), dataset=a.text("dataset"),
+        images=a.integer("images", minimum=1))
+
     fields = dict(
         schema_version=version,
         variant=top.text("variant"), family=top.text("family", choices=FAMILIES),
@@ -626,7 +660,7 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
         labels=top.str_list("labels"), input=input_spec, outputs=tuple(outputs), anchors=anchors,
         backend=top.text("backend", choices=BACKENDS), precision=top.text("precision", choices=PRECISIONS),
         files=files, weights=weights, calibration=calibration, float_layers=top.str_list("float_layers"),
-        parity=dict(parity), tools=top.str_map("tools") or {},
+        parity=dict(parity), accuracy=accuracy, tools=top.str_map("tools") or {},
         options=top.str_map("options", default={}) or {}, created=created, export_key=key,
     )
     try:
@@ -684,6 +718,15 @@ def _validate_manifest(m: Manifest, where: str) -> None:
         check(_is_sha256(digest), f"files[{name!r}]", f"must be a hex sha256, got {digest!r}")
     check(m.weights.sha256 is None or _is_sha256(m.weights.sha256), "weights.sha256",
           f"must be a hex sha256 or null, got {m.weights.sha256!r}")
+    if m.accuracy is not None:
+        for name in ("map50_95", "map50"):
+            value = getattr(m.accuracy, name)
+            check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, f"accuracy.{name}",
+                  f"must be a COCO mAP in 0..1, got {value!r}")
+        check(isinstance(m.accuracy.dataset, str) and bool(m.accuracy.dataset), "accuracy.dataset",
+              "must name the evaluation set")
+        check(isinstance(m.accuracy.images, int) and m.accuracy.images >= 1, "accuracy.images",
+              f"must be a positive image count, got {m.accuracy.images!r}")
     check(m.precision != "int8" or m.calibration is not None, "calibration",
           "must be set for an int8 artifact (the data it was calibrated on)")
 

@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
 def test_training_size_and_class_names_are_used(trained, tmp_path):
     report = convert("lite0", formats="torch", precisions="fp32", weights=str(trained), out_dir=tmp_path)
     assert report.ok, report.table()
-    manifest = Manifest.load(tmp_path / "lite0" / "torch-fp32")
+    manifest = Manifest.load(tmp_path / "lite0" / "torch-fp32-256")  # not lite0's native 320: named
     assert manifest.input.shape == (1, 3, 256, 256) and manifest.anchors.image_size == 256
     assert manifest.labels == ("circle", "square", "triangle") and manifest.num_classes == 3
 
@@ -39,9 +39,9 @@ def test_explicit_size_and_labels_win(trained, tmp_path):
     assert report.ok, report.table()
     manifest = Manifest.load(tmp_path / "lite0" / "torch-fp32")
     assert manifest.input.shape == (1, 3, 320, 320) and manifest.labels == ("a", "b", "c")
-    # another size is another artifact: the rerun at 256 rebuilds rather than skipping
+    # another size is another artifact, in its own directory: the rerun at 256 builds it
     again = convert("lite0", formats="torch", precisions="fp32", weights=str(trained), out_dir=tmp_path)
-    assert [r.status for r in again.results] == ["built"]
+    assert [r.status for r in again.results] == ["built"] and again.results[0].path.name == "torch-fp32-256"
     native = convert("lite0", formats="torch", precisions="fp32", weights=str(trained), out_dir=tmp_path,
                      image_size="native")
     assert native.ok and Manifest.load(tmp_path / "lite0" / "torch-fp32").input.shape == (1, 3, 320, 320)
@@ -111,7 +111,7 @@ def test_cli_accuracy_target_reaches_every_int8_format(capsys):
 def test_cli_options(trained, tmp_path, capsys):
     assert main(["--variants", "lite0", "--formats", "torch", "--precisions", "fp32", "--weights", str(trained),
                  "--image-size", "192", "--out", str(tmp_path), "-q"]) == 0
-    assert Manifest.load(tmp_path / "lite0" / "torch-fp32").input.shape == (1, 3, 192, 192)
+    assert Manifest.load(tmp_path / "lite0" / "torch-fp32-192").input.shape == (1, 3, 192, 192)
     with pytest.raises(SystemExit):
         main(["--variants", "lite0", "--formats", "onnx", "--tflite-input-dtype", "uint8"])
     assert "needs tflite in --formats" in capsys.readouterr().err

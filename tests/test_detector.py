@@ -93,7 +93,7 @@ def test_walk_stops_at_first_miss(models, tmp_path):
     assert det.artifact.name == "lite0/onnxruntime-fp32"
     rows = {row.artifact: row for row in det.profile}
     assert rows["lite1/onnxruntime-fp32"].fits is False
-    assert rows["lite2/onnxruntime-fp32"].source == "skipped (walk stopped)"
+    assert rows["lite2/onnxruntime-fp32"].source == "skipped (walk stopped: lite1/onnxruntime-fp32 missed)"
     assert rows["lite2/onnxruntime-fp32"].latency_ms is None
     assert "lite2/onnxruntime-fp32" in str(det.profile)
 
