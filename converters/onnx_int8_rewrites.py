@@ -111,10 +111,12 @@ def scalar_muls_into_scales(model: onnx.ModelProto) -> int:
     """Fold every multiplication of a quantized tensor by a positive constant scalar into the
     scale of the dequantization after it, in place; returns the count.
 
-    The pattern: ``DQ(xq; s, z) -> Mul(w) -> Q(y) -> DQ(y) -> ...`` where ``w`` is a scalar
-    initializer or the DequantizeLinear of one, ``w > 0``, and the Q is the ``Mul``'s only
-    consumer. Every DQ of ``y`` then reads ``xq`` with scale ``s * w`` and zero point ``z``
-    (exactly ``w * DQ(xq)``, without the rounding to ``y``'s grid).
+    The pattern: ``DQ(xq; s, z) -> Mul(w) -> Q(y) -> DQ(y) -> ...`` where ``w`` is the
+    DequantizeLinear of a constant scalar, ``w > 0``, and the Q is the ``Mul``'s only consumer.
+    Every DQ of ``y`` then reads ``xq`` with scale ``s * w`` and zero point ``z`` (exactly
+    ``w * DQ(xq)``, without the rounding to ``y``'s grid). A ``Mul`` left in float
+    (``nodes_to_exclude``) keeps its float weight, so it is not matched and stays as the
+    accuracy-aware search left it.
     """
     from onnx import numpy_helper
 
@@ -197,17 +199,12 @@ def integer_pads(model: onnx.ModelProto) -> int:
 
 
 def _scalar(g: _Index, name: str) -> float | None:
-    """The value of a constant scalar: an initializer, or a DequantizeLinear of constants."""
-    value = g.constant(name)
-    if value is None:
-        dq = g.produced_by(name, "DequantizeLinear")
-        if dq is None or any(i not in g.initializers for i in dq.input if i):
-            return None
-        q, scale = g.constant(dq.input[0]), g.constant(dq.input[1])
-        zero = g.constant(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1)
-        if q is None or scale is None or q.size != 1:
-            return None
-        value = (q.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64)
-    if value.size != 1 or not np.issubdtype(value.dtype, np.floating):
+    """The value of a quantized constant scalar (a DequantizeLinear of initializers), else None."""
+    dq = g.produced_by(name, "DequantizeLinear")
+    if dq is None or any(i not in g.initializers for i in dq.input if i):
         return None
-    return float(value.ravel()[0])
+    q, scale = g.constant(dq.input[0]), g.constant(dq.input[1])
+    zero = g.constant(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1)
+    if q is None or scale is None or q.size != 1 or scale.size != 1:
+        return None
+    return float((q.astype(np.float64).ravel()[0] - zero.astype(np.float64).ravel()[0]) * scale.ravel()[0])
