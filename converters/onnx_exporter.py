@@ -371,7 +371,8 @@ class _OnnxRecipe:
         # quantizer still rounds).
         known = {node.name for node in self.fp32.graph.node}
         units = []
-        for q in _rank_quantizers(full if self._full_raw is None else self._full_raw, agreement.ranking_batches, self.threads):
+        raw = full if self._full_raw is None else self._full_raw
+        for q in _rank_quantizers(raw, agreement.ranking_batches, self.threads):
             nodes = tuple(n for n in q.nodes if n in known)
             if nodes:
                 units.append(int8.Unit(q.tensor, nodes))

@@ -721,3 +721,16 @@ def test_video_source(tmp_path):
     calibration = [round(f.mean() / 12) for f in source.calibration_frames(4)]
     holdout = [round(f.mean() / 12) for f in source.holdout_frames(4)]
     assert calibration == [0, 4, 9, 13] and holdout == [18, 19]
+
+
+def test_detector_profile_shows_the_int8_note(exported):
+    """The manifest's note on onnxruntime INT8 reaches the Detector's profile table."""
+    from edgedet import Detector
+
+    detector = Detector(variant="d0", models=exported[0], backend="onnxruntime", precision="int8", threads=1)
+    (row,) = detector.profile
+    assert (row.artifact, row.note) == ("d0/onnxruntime-int8", INT8_NOTE)
+    header, line = str(detector.profile).splitlines()
+    assert header.split()[-1] == "note" and line.endswith(INT8_NOTE)
+    fp32 = Detector(variant="d0", models=exported[0], backend="onnxruntime", precision="fp32", threads=1)
+    assert fp32.profile[0].note == "" and "note" not in str(fp32.profile)
