@@ -276,7 +276,8 @@ def _fusion_graph() -> onnx.ModelProto:
         helper.make_node("Mul", ["s", "g"], ["act"], name="swish_mul"),
         helper.make_node("Conv", ["act", "w3"], ["y"], name="conv_out"),
     ]
-    graph = helper.make_graph(nodes, "fusion", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 8, 16, 16])],
+    graph = helper.make_graph(nodes, "fusion",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 8, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model, full_check=True)
