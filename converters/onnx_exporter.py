@@ -13,7 +13,9 @@
   the FP32 graph with its squeeze-excite means as ``GlobalAveragePool`` (quantizable), in QDQ
   format: per-channel symmetric int8 weights, asymmetric uint8 activations (the combination that
   was both fastest and most accurate here, see docs/TOOLCHAIN.md), MinMax ranges calibrated on frames
-  preprocessed by :func:`edgedet.preprocess.preprocess`. Float input/output. Calibration runs
+  preprocessed by :func:`edgedet.preprocess.preprocess`; then the rewrites of
+  :mod:`converters.onnx_int8_rewrites` (fusion weights folded into scales, pads on integer codes),
+  which remove passes onnxruntime cannot fuse. Float input/output. Calibration runs
   once: ``quantize_static`` writes the tensor ranges to a calibration cache
   (``calibration_cache_path``) that every later quantization of the same graph reads, so all
   candidates share the same ranges and only the quantization itself (2-6 s for D0) is repeated.
@@ -50,6 +52,7 @@ from converters import int8
 from converters.accuracy import AccuracyTarget, Agreement, Outputs
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
 from converters.fp32_cache import Fp32Cache
+from converters.onnx_int8_rewrites import rewrite
 from converters.quiet import quiet
 from edgedet.manifest import InputSpec, NormalizationSpec, OutputSpec
 
@@ -70,6 +73,11 @@ MODEL_FILE = "model.onnx"
 #: ``metadata_props`` keys where an accuracy-aware INT8 model records what the search did.
 FLOAT_LAYERS_KEY = "edgedet.float_layers"
 REPORT_KEY = "edgedet.accuracy_aware"
+
+#: The manifest's ``options["note"]`` of every INT8 artifact (the Detector's profile shows it):
+#: where INT8 cannot pay on onnxruntime's CPU provider (measurements: docs/TOOLCHAIN.md).
+INT8_NOTE = ("onnxruntime CPU runs each quantized swish as two integer passes (QLinearSigmoid + QLinearMul, "
+             "no fused kernel): swish variants (D0-D7) gain little over FP32 here")
 
 # onnx TensorProto element types -> manifest dtypes
 _DTYPES = {1: "float32", 10: "float16", 2: "uint8", 3: "int8"}
@@ -97,7 +105,7 @@ class OnnxExporter(Exporter):
     precisions = ("fp32", "fp16", "int8")
     requires = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim",
                 "onnxruntime": "onnxruntime"}
-    revision = 3  # 3: detection-level accuracy target, one INT8 report format (converters.int8)
+    revision = 4  # 4: INT8 graph rewrites (converters.onnx_int8_rewrites); 3: detection-level accuracy target
     fp32_kind = "onnx"
 
     def __init__(self, *, threads: int | None = None, accuracy_aware: bool = True,
@@ -108,8 +116,11 @@ class OnnxExporter(Exporter):
         self.last_int8: int8.Int8Report | None = None
 
     def options(self, precision: str) -> dict[str, str]:
-        """For INT8: full or accuracy-aware, and the target (FP32 and FP16 have no options)."""
-        return int8.int8_options(self.accuracy_target) if precision == "int8" else {}
+        """For INT8: full or accuracy-aware, the target, and :data:`INT8_NOTE` (FP32 and FP16
+        have no options)."""
+        if precision != "int8":
+            return {}
+        return {**int8.int8_options(self.accuracy_target), "note": INT8_NOTE}
 
     # ------------------------------------------------------------------------------ export
 
@@ -318,35 +329,50 @@ def _topological_sort(graph: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------- INT8
-# ---------------------------------------------------------------------------------- INT8
 
 
 class _OnnxRecipe:
     """The onnxruntime recipe of :mod:`converters.int8`: ``quantize_static`` with
-    ``nodes_to_exclude``, units = activation quantizers ranked by rounding noise, candidates run by
-    onnxruntime as deployed (the int8 kernels of a QDQ model)."""
+    ``nodes_to_exclude`` then :func:`converters.onnx_int8_rewrites.rewrite`, units = activation
+    quantizers ranked by rounding noise, candidates run by onnxruntime as deployed (the int8
+    kernels of a QDQ model)."""
 
     def __init__(self, fp32: onnx.ModelProto, config: ModelConfig, calibration: Calibration, workdir: Path,
                  threads: int | None) -> None:
         self.fp32, self.threads = fp32, threads
         self.quantizer = _Quantizer(fp32, workdir)
+        #: The fully quantized model as quantize_static made it (before the rewrites), for ranking.
+        self._full_raw: onnx.ModelProto | None = None
         size, norm = _input_size(fp32), config.normalization
         self._batches = lambda: calibration.batches(size, norm.mean, norm.std, layout="NCHW", dtype=np.float32)
         self._source = calibration.source.description
 
     def quantize(self, float_members: Sequence[str]) -> onnx.ModelProto:
+        import onnx
+
         if not self.quantizer.cache.is_file():
-            return self.quantizer.calibrate(self._batches, self._source, float_members)
-        return self.quantizer.quantize(float_members)
+            raw = self.quantizer.calibrate(self._batches, self._source, float_members)
+        else:
+            raw = self.quantizer.quantize(float_members)
+        if not float_members:
+            self._full_raw = raw
+        model = onnx.ModelProto()
+        model.CopyFrom(raw)
+        rewrite(model)
+        return model
 
     def run(self, candidate: onnx.ModelProto, batches: Sequence[np.ndarray]) -> list[Outputs]:
         session = _session(candidate, self.threads)
         return [tuple(session.run(list(OUTPUT_NAMES), {INPUT_NAME: b})) for b in batches]  # type: ignore[misc]
 
     def rank(self, full: onnx.ModelProto, agreement: Agreement, trial: int8.Trial) -> int8.Ranking:
+        # Ranked before the rewrites: every Q/DQ pair of quantize_static is a quantizer the search
+        # can leave in float (a pad on integer codes has no pair of its own, yet its input's
+        # quantizer still rounds).
         known = {node.name for node in self.fp32.graph.node}
         units = []
-        for q in _rank_quantizers(full, agreement.ranking_batches, self.threads):
+        raw = full if self._full_raw is None else self._full_raw
+        for q in _rank_quantizers(raw, agreement.ranking_batches, self.threads):
             nodes = tuple(n for n in q.nodes if n in known)
             if nodes:
                 units.append(int8.Unit(q.tensor, nodes))

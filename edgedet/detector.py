@@ -172,6 +172,7 @@ class ProfileRow:
     fits: bool | None
     source: str  # "measured", "cache", "skipped (<why>)", "rejected ...", "chosen by preference", or an error
     image_size: int | None = None  # the artifact's input side
+    note: str = ""  # the manifest's options["note"], e.g. where INT8 cannot pay on this backend
 
 
 class ProfileTable(list):
@@ -181,6 +182,8 @@ class ProfileTable(list):
         header = ("artifact", "latency ms", "fits", "source")
         rows = [(r.artifact, "-" if r.latency_ms is None else f"{r.latency_ms:.1f}",
                  "-" if r.fits is None else ("yes" if r.fits else "no"), r.source) for r in self]
+        if any(r.note for r in self):
+            header, rows = (*header, "note"), [(*row, r.note) for row, r in zip(rows, self)]
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in (header, *rows)]
         return "\n".join(lines)
@@ -443,7 +446,7 @@ class Detector:
         chosen = min(candidates, key=preference)
         self.profile.append(ProfileRow(chosen.name, chosen.manifest.variant, chosen.manifest.phi,
                                        chosen.manifest.backend, chosen.manifest.precision, None, None,
-                                       "chosen by preference (no budget)"))
+                                       "chosen by preference (no budget)", chosen.manifest.options.get("note", "")))
         return chosen
 
     def _load(self, artifact: Artifact) -> Pipeline:
@@ -504,7 +507,7 @@ class Detector:
     def _row(self, a: Artifact, latency: float | None, fits: bool | None, source: str) -> None:
         m = a.manifest
         self.profile.append(ProfileRow(a.name, m.variant, m.phi, m.backend, m.precision, latency, fits, source,
-                                       m.image_size))
+                                       m.image_size, m.options.get("note", "")))
 
     def _time_all(self, artifacts: list[Artifact], budget: float, hopeless: dict[str, str],
                   over: list[Artifact]) -> list[tuple[float, Artifact, Pipeline | None]]:

@@ -46,7 +46,7 @@ from converters import CalibrationError, ConvertError, OnnxExporter, convert
 from converters.accuracy import AccuracyTarget
 from converters.calibration import FolderSource, SyntheticSource, VideoSource, open_calibration_source, synthetic_frame
 from converters.cli import main
-from converters.onnx_exporter import recorded
+from converters.onnx_exporter import INT8_NOTE, recorded
 from converters.verify import DETECTION_AP_RANDOM_INT8
 from converters.weights import build_model, resolve_weights
 from edgedet.anchors import generate_anchors
@@ -137,7 +137,7 @@ def test_manifest_describes_the_artifact(exported, variant, precision):
         assert manifest.calibration.source == "synthetic:0"
         ops = {node.op_type for node in model.graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-        assert manifest.options == {"int8_mode": "full"}
+        assert manifest.options == {"int8_mode": "full", "note": INT8_NOTE}
         assert manifest.float_layers == ()  # fully quantized: every compute node INT8
         assert recorded(model) == ((), None)  # no accuracy-aware search ran
     else:
@@ -239,6 +239,108 @@ def test_int8_d0_squeeze_excite_pool_runs_in_int8(exported):
         assert [c.op_type for c in consumers[pool.output[0]]] == ["QuantizeLinear"]
 
 
+def _optimized(model: onnx.ModelProto | Path, path: Path) -> onnx.ModelProto:
+    """The graph onnxruntime's CPU provider runs (all optimizations, as the runtime backend sets them)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(path)
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(path))
+
+
+def _fusion_graph() -> onnx.ModelProto:
+    """A small FP32 graph shaped like a BiFPN node: a conv padded by replication and max-pooled (a
+    resample), weighted by a positive constant and summed with a second weighted branch (fast
+    normalized fusion), swish, a last conv."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def const(name, value):
+        return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+    inits = [const("w1", rng.normal(0, 0.3, (16, 8, 3, 3))), const("b1", rng.normal(0, 0.1, 16)),
+             const("w2", rng.normal(0, 0.3, (16, 8, 1, 1))), const("w3", rng.normal(0, 0.3, (4, 16, 1, 1))),
+             const("f1", 0.6), const("f2", 0.4),
+             numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64), "pads")]
+    nodes = [
+        helper.make_node("Conv", ["images", "w1", "b1"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Pad", ["a", "pads"], ["a_pad"], name="pad", mode="edge"),
+        helper.make_node("MaxPool", ["a_pad"], ["pooled"], name="pool", kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("Conv", ["images", "w2"], ["b"], name="conv_b", strides=[2, 2]),
+        helper.make_node("Mul", ["pooled", "f1"], ["m1"], name="weight_1"),
+        helper.make_node("Mul", ["b", "f2"], ["m2"], name="weight_2"),
+        helper.make_node("Add", ["m1", "m2"], ["s"], name="fuse"),
+        helper.make_node("Sigmoid", ["s"], ["g"], name="swish_sigmoid"),
+        helper.make_node("Mul", ["s", "g"], ["act"], name="swish_mul"),
+        helper.make_node("Conv", ["act", "w3"], ["y"], name="conv_out"),
+    ]
+    graph = helper.make_graph(nodes, "fusion",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_int8_rewrites_on_a_small_graph(tmp_path):
+    """converters.onnx_int8_rewrites on a graph quantized by the recipe's own quantize_static call:
+    the fusion weights become scales and the pad runs on integer codes (in the graph, and in the
+    graph onnxruntime runs: no float island, one QLinearMul left, the swish's), computing the same
+    up to INT8 rounding and no further from FP32 than before."""
+    from converters.onnx_exporter import _Quantizer
+    from converters.onnx_int8_rewrites import rewrite
+
+    fp32 = _fusion_graph()
+    rng = np.random.default_rng(1)
+    frames = [rng.normal(0, 1, (1, 8, 16, 16)).astype(np.float32) for _ in range(9)]
+    raw = _Quantizer(fp32, tmp_path).calibrate(lambda: iter(frames[:8]), "random frames")
+    new = onnx.ModelProto()
+    new.CopyFrom(raw)
+    assert rewrite(new) == {"integer_pads": 1, "scalar_muls_into_scales": 2}
+    onnx.checker.check_model(new, full_check=True)
+    nodes = {n.name: n for n in new.graph.node}
+    producers = {o: n for n in new.graph.node for o in n.output}
+    assert "weight_1" not in nodes and "weight_2" not in nodes and "swish_mul" in nodes
+    assert producers[nodes["pad"].input[0]].op_type == "QuantizeLinear"  # the conv's codes, padded as they are
+    assert rewrite(new) == {"integer_pads": 0, "scalar_muls_into_scales": 0}  # nothing left to rewrite
+
+    def ops(model: onnx.ModelProto, name: str) -> list[str]:
+        return [n.op_type for n in _optimized(model, tmp_path / f"{name}.onnx").graph.node]
+
+    before, after = ops(raw, "before"), ops(new, "after")
+    assert before.count("QLinearMul") == 3 and after.count("QLinearMul") == 1
+    assert before.count("DequantizeLinear") == 2 and after.count("DequantizeLinear") == 1  # the output's only
+    assert after.count("QuantizeLinear") == 1 and "Pad" in after  # the input's only; the pad on uint8
+
+    def run(model: onnx.ModelProto) -> np.ndarray:
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"images": frames[8]})[0]
+
+    ref, old_out, new_out = run(fp32), run(raw), run(new)
+    step = float(np.abs(ref).max()) / 127
+    assert np.abs(new_out - old_out).max() <= 4 * step  # the same computation, one rounding fewer per fold
+    rms = lambda d: float(np.sqrt(np.mean(d ** 2)))  # noqa: E731
+    assert rms(new_out - ref) <= 1.05 * rms(old_out - ref)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_int8_graph_onnxruntime_runs(exported, tmp_path, variant):
+    """In the INT8 graph onnxruntime runs, the only float tensors are the model's input and outputs:
+    no Pad between a dequantization and a quantization (Lite0 and D0: 14 before the BiFPN's max
+    pools), and no QLinearMul by a constant (D0's 57 fusion weights are scales now); what is left
+    of QLinearMul is D0's swish and squeeze-excite products (102 + 16)."""
+    graph = _optimized(artifact(exported[0], variant, "int8") / "model.onnx", tmp_path / "optimized.onnx").graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 2
+    assert ops.count("Pad") == 14 and ops.count("QLinearConv") > 150
+    initializers = {t.name for t in graph.initializer}
+    muls = [n for n in graph.node if n.op_type == "QLinearMul"]
+    assert not any(n.input[0] in initializers or n.input[3] in initializers for n in muls)
+    assert len(muls) == (118 if variant == "d0" else 0)
+
+
 def test_int8_accuracy_aware(exported, tmp_path):
     """D0's fully quantized INT8 misses MODERATE; the accuracy-aware search (converters.int8 with
     the onnxruntime recipe) leaves the nodes whose quantization hurts most in float until it is
@@ -264,7 +366,8 @@ def test_int8_accuracy_aware(exported, tmp_path):
     directory = artifact(tmp_path / "exports", "d0", "int8")
     manifest = Manifest.load(directory)
     manifest.verify_files(directory)
-    assert manifest.options == {"int8_mode": "accuracy-aware", "accuracy_target": MODERATE.describe()}
+    assert manifest.options == {"int8_mode": "accuracy-aware", "accuracy_target": MODERATE.describe(),
+                                "note": INT8_NOTE}
     model = onnx.load(str(directory / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
     layers, stored = recorded(model)
@@ -421,8 +524,8 @@ def test_options_are_part_of_the_export_key(exported):
         assert planned(precision, OnnxExporter(accuracy_aware=False)) == planned(precision, OnnxExporter()) \
             == Manifest.load(artifact(out, "d0", precision)).export_key
     assert OnnxExporter().options("int8") == {"int8_mode": "accuracy-aware",
-                                              "accuracy_target": AccuracyTarget().describe()}
-    assert OnnxExporter(accuracy_aware=False).options("int8") == {"int8_mode": "full"}
+                                              "accuracy_target": AccuracyTarget().describe(), "note": INT8_NOTE}
+    assert OnnxExporter(accuracy_aware=False).options("int8") == {"int8_mode": "full", "note": INT8_NOTE}
     assert OnnxExporter().options("fp16") == {}
 
 
@@ -619,3 +722,16 @@ def test_video_source(tmp_path):
     calibration = [round(f.mean() / 12) for f in source.calibration_frames(4)]
     holdout = [round(f.mean() / 12) for f in source.holdout_frames(4)]
     assert calibration == [0, 4, 9, 13] and holdout == [18, 19]
+
+
+def test_detector_profile_shows_the_int8_note(exported):
+    """The manifest's note on onnxruntime INT8 reaches the Detector's profile table."""
+    from edgedet import Detector
+
+    detector = Detector(variant="d0", models=exported[0], backend="onnxruntime", precision="int8", threads=1)
+    (row,) = detector.profile
+    assert (row.artifact, row.note) == ("d0/onnxruntime-int8", INT8_NOTE)
+    header, line = str(detector.profile).splitlines()
+    assert header.split()[-1] == "note" and line.endswith(INT8_NOTE)
+    fp32 = Detector(variant="d0", models=exported[0], backend="onnxruntime", precision="fp32", threads=1)
+    assert fp32.profile[0].note == "" and "note" not in str(fp32.profile)
