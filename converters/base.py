@@ -79,6 +79,9 @@ class Exporter(ABC):
     #: The FP32 graph this exporter builds every precision from (``"onnx"``, ``"tflite"``), or None.
     #: Exporters of one kind share it: a distributed run builds it once per model and ships it.
     fp32_kind: ClassVar[str | None] = None
+    #: What the artifacts may take (``input_kind``, :mod:`converters.frame_input`): the exporters
+    #: that make frame-input artifacts list ``("frame", "tensor")``, the first the default.
+    input_kinds: ClassVar[tuple[str, ...]] = ("tensor",)
 
     @classmethod
     def missing_packages(cls) -> list[str]:

@@ -17,8 +17,9 @@ A source is a :class:`CalibrationSource` (not the runtime's :class:`edgedet.vide
 which streams live frames: calibration needs a frame count and frames at exact positions, split
 into calibration and held-out parts); :func:`open_calibration_source` opens one.
 
-Frames become network input only through :func:`edgedet.preprocess.preprocess`, so an artifact is
-calibrated exactly as the runtime will feed it.
+Frames become network input only through :func:`edgedet.preprocess.prepare` (the runtime's own
+path: the normalized tensor, or the uint8 canvas for a graph that preprocesses inside), so an
+artifact is calibrated exactly as the runtime will feed it.
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ import cv2
 import numpy as np
 
 from edgedet.data.synthetic import GENERATOR_VERSION, SyntheticConfig, render
-from edgedet.manifest import CalibrationInfo
-from edgedet.preprocess import preprocess
+from edgedet.manifest import CalibrationInfo, InputSpec, NormalizationSpec
+from edgedet.preprocess import prepare
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -113,10 +114,19 @@ class Calibration:
 
     def batches(self, size: int, mean: Sequence[float], std: Sequence[float], *,
                 layout: str = "NCHW", dtype: type | np.dtype = np.float32) -> Iterator[np.ndarray]:
-        """The calibration frames as network input batches of one, through
-        :func:`edgedet.preprocess.preprocess` (the runtime's own preprocessing)."""
+        """The calibration frames as normalized tensor batches of one (``layout``, float ``dtype``):
+        :meth:`inputs` of a tensor-input spec."""
+        shape = (1, 3, size, size) if layout == "NCHW" else (1, size, size, 3)
+        spec = InputSpec("images", shape, layout, np.dtype(dtype).name,
+                         NormalizationSpec(tuple(map(float, mean)), tuple(map(float, std))))  # type: ignore[arg-type]
+        return self.inputs(spec)
+
+    def inputs(self, spec: InputSpec) -> Iterator[np.ndarray]:
+        """The calibration frames as batches of one of the input ``spec`` describes (a manifest's
+        ``input``: the normalized tensor, or the uint8 canvas of a frame-input graph), through
+        :func:`edgedet.preprocess.prepare`, the runtime's own path."""
         for frame in self.source.calibration_frames(self.count):
-            batch, _ = preprocess(frame, size, mean, std, layout=layout, dtype=dtype)  # type: ignore[arg-type]
+            batch, _ = prepare(frame, spec)
             yield batch
 
 

@@ -47,7 +47,16 @@ examples:
 
   # fully quantized INT8 with uint8 input for an integer-only accelerator (TFLite)
   edgedet-convert --variants lite0 --formats tflite --precisions int8 --int8-mode full \\
-      --tflite-input-dtype uint8 --calibration ~/frames/
+      --input tensor --tflite-input-dtype uint8 --calibration ~/frames/
+
+  # artifacts that take the normalized float tensor instead of the frame (the runtime normalizes)
+  edgedet-convert --variants lite0 --formats onnx --input tensor --calibration ~/frames/
+
+input:
+  By default ONNX, OpenVINO and TFLite artifacts take the letterboxed uint8 frame (BGR, NHWC) and
+  do colour order, normalization and layout inside the model (manifest input.preprocessing
+  "model", schema version 2: an older edgedet refuses them and asks to be upgraded); --input
+  tensor makes artifacts that take the normalized float tensor.
 
 output:
   <out>/<variant>/<backend>-<precision>/ holds the model file(s) and manifest.json, e.g.
@@ -84,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"comma-separated formats (default: onnx; available: {', '.join(EXPORTERS)})")
     what.add_argument("--precisions", default=",".join(PRECISIONS), metavar="LIST",
                       help="comma-separated precisions (default: %(default)s); int8 needs --calibration")
+    what.add_argument("--input", choices=("frame", "tensor"), dest="input_kind",
+                      help="what the artifacts take: 'frame' (default for onnx, openvino, tflite): the "
+                           "letterboxed uint8 BGR frame, colour order, normalization and layout done "
+                           "inside the model; 'tensor': the normalized float tensor (torch: tensor only)")
 
     src = parser.add_argument_group("weights")
     src.add_argument("--weights", default="published", metavar="SOURCE",
@@ -168,6 +181,9 @@ def _exporter_options(parser: argparse.ArgumentParser, args: argparse.Namespace)
     if args.tflite_input_dtype:
         if "tflite" not in formats:
             parser.error("--tflite-input-dtype needs tflite in --formats")
+        if args.input_kind != "tensor" and args.tflite_input_dtype != "float32":
+            parser.error("--tflite-input-dtype int8/uint8 quantizes the normalized tensor input: add --input tensor "
+                         "(a frame-input artifact takes uint8 pixels already)")
         options["tflite"] = {"input_dtype": args.tflite_input_dtype}
     given = {field: value for field, value in (
         ("detection_ap50", args.accuracy_ap50), ("cls_cosine", args.accuracy_cls_cosine),
@@ -213,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             labels=labels, image_size=args.image_size, image_sizes=args.image_sizes, seed=args.seed,
             verify_images=args.verify_images, eval_ann=args.eval_ann, eval_images=args.eval_images,
             eval_limit=args.eval_limit,
-            int8_mode=args.int8_mode, exporter_options=options,
+            int8_mode=args.int8_mode, input_kind=args.input_kind, exporter_options=options,
             progress=not args.quiet and sys.stderr.isatty(), executor=args.executor, ray_address=args.ray_address,
         )
     except ConvertError as exc:

@@ -1,5 +1,9 @@
 """ONNX artifacts for onnxruntime: FP32, FP16 and INT8 (QDQ).
 
+Every precision takes the uint8 frame canvas by default (``input_kind="frame"``: the front end of
+:mod:`converters.frame_input`, put in front of the finished graph) or, with ``input_kind="tensor"``,
+the normalized float32 NCHW tensor described below.
+
 * **fp32**: ``torch.onnx.export`` (the dynamo exporter, opset 18, one self-contained file) at the
   variant's fixed size, simplified with onnxslim and checked with ``onnx.checker``. Input
   ``images`` [1,3,R,R] float32 (normalized, NCHW); outputs ``cls_logits`` [1,N,C] and
@@ -50,6 +54,7 @@ import numpy as np
 
 from converters import int8
 from converters.accuracy import AccuracyTarget, Agreement, Outputs
+from converters import frame_input
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
 from converters.fp32_cache import Fp32Cache
 from converters.onnx_int8_rewrites import rewrite
@@ -89,9 +94,12 @@ _DATA_MOVEMENT = {"Reshape", "Transpose", "Concat", "Pad", "Slice", "Squeeze", "
 
 @register_exporter
 class OnnxExporter(Exporter):
-    """ONNX for onnxruntime (CPU execution provider), NCHW float32 I/O at every precision.
+    """ONNX for onnxruntime (CPU execution provider): the uint8 frame canvas or the NCHW float32
+    tensor in, float32 outputs, at every precision.
 
     Args:
+        input_kind: ``"frame"`` (default): the artifact takes the letterboxed uint8 BGR canvas and
+            normalizes inside the graph; ``"tensor"``: the normalized float32 NCHW tensor.
         threads: onnxruntime intra-op threads for the parity check and the accuracy-aware search
             (default: onnxruntime's choice).
         accuracy_aware: leave the nodes whose quantization hurts most in float until INT8 reaches
@@ -105,22 +113,31 @@ class OnnxExporter(Exporter):
     precisions = ("fp32", "fp16", "int8")
     requires = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim",
                 "onnxruntime": "onnxruntime"}
-    revision = 4  # 4: INT8 graph rewrites (converters.onnx_int8_rewrites); 3: detection-level accuracy target
+    revision = 5  # 5: frame input (converters.frame_input); 4: INT8 graph rewrites (converters.onnx_int8_rewrites)
     fp32_kind = "onnx"
+    input_kinds = frame_input.INPUT_KINDS
 
     def __init__(self, *, threads: int | None = None, accuracy_aware: bool = True,
-                 accuracy_target: AccuracyTarget | None = AccuracyTarget()) -> None:
+                 accuracy_target: AccuracyTarget | None = AccuracyTarget(),
+                 input_kind: str = frame_input.DEFAULT_INPUT) -> None:
+        self.input_kind = frame_input.check_input_kind(input_kind)
         self.threads = threads
         self.accuracy_target = accuracy_target if accuracy_aware else None
         #: What the last accuracy-aware INT8 export did, for logs and tests.
         self.last_int8: int8.Int8Report | None = None
 
     def options(self, precision: str) -> dict[str, str]:
-        """For INT8: full or accuracy-aware, the target, and :data:`INT8_NOTE` (FP32 and FP16
-        have no options)."""
+        """The input (frame or tensor), and for INT8 full or accuracy-aware with the target and
+        :data:`INT8_NOTE`."""
         if precision != "int8":
-            return {}
-        return {**int8.int8_options(self.accuracy_target), "note": INT8_NOTE}
+            return {"input": self.input_kind}
+        return {"input": self.input_kind, **int8.int8_options(self.accuracy_target), "note": INT8_NOTE}
+
+    def _front(self, model: onnx.ModelProto, config: ModelConfig) -> onnx.ModelProto:
+        """``model`` with the frame front end in front of it when the artifact takes frames."""
+        if self.input_kind != "frame":
+            return model
+        return frame_input.onnx_frame_input(model, NormalizationSpec.from_config(config.normalization))
 
     # ------------------------------------------------------------------------------ export
 
@@ -132,9 +149,9 @@ class OnnxExporter(Exporter):
         fp32 = export_fp32(model, config)
         path = Path(out_dir) / MODEL_FILE
         if precision == "fp32":
-            _save(fp32, path)
+            _save(self._front(fp32, config), path)
         elif precision == "fp16":
-            _save(_to_fp16(fp32), path)
+            _save(self._front(_to_fp16(fp32), config), path)
         else:
             _spatial_means_to_global_pools(fp32)  # INT8 only: see there
             with tempfile.TemporaryDirectory(prefix="edgedet-onnx-int8-") as tmp:
@@ -143,7 +160,7 @@ class OnnxExporter(Exporter):
             self.last_int8 = result.report
             if result.report:  # accuracy-aware: what it left in float, and why
                 _record(result.model, result.report)
-            _save(result.model, path)
+            _save(self._front(result.model, config), path)
             onnx.checker.check_model(str(path), full_check=True)
         return [path]
 
@@ -165,13 +182,14 @@ class OnnxExporter(Exporter):
         graph = proto.graph
         (inp,) = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
         dtype, shape = _value_info(inp)
-        if inp.name != INPUT_NAME or len(shape) != 4 or shape[1] != 3:
+        normalization = NormalizationSpec.from_config(config.normalization)
+        if inp.name == INPUT_NAME and dtype == "uint8" and len(shape) == 4 and shape[3] == 3:
+            input_spec = frame_input.frame_spec(inp.name, shape[1], normalization, batch=shape[0])
+        elif inp.name != INPUT_NAME or len(shape) != 4 or shape[1] != 3:
             raise ConvertError(f"unexpected ONNX input {inp.name!r} {shape}")
-        input_spec = InputSpec(
-            name=inp.name, shape=shape, layout="NCHW", dtype=dtype,
-            normalization=NormalizationSpec.from_config(config.normalization), color="RGB",
-            quantization=None,
-        )
+        else:
+            input_spec = InputSpec(name=inp.name, shape=shape, layout="NCHW", dtype=dtype,
+                                   normalization=normalization, color="RGB", quantization=None)
         outputs = []
         for out in graph.output:
             dtype, shape = _value_info(out)
@@ -578,12 +596,14 @@ def _float_layers(model: onnx.ModelProto, precision: str) -> tuple[str, ...]:
         return ()
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
+    # The frame front end (converters.frame_input) is input preprocessing, always float32: not a layer.
+    front = {node.name for node in graph.node if node.name.startswith(frame_input.FRONT_END_PREFIX)}
     if precision == "int8":
         float_initializers = {t.name for t in graph.initializer if t.data_type in (1, 10)}
         excluded = set(recorded(model)[0])
         left = []
         for node in graph.node:
-            if node.op_type in _DATA_MOVEMENT or not node.input:
+            if node.op_type in _DATA_MOVEMENT or not node.input or node.name in front:
                 continue
             src = producers.get(node.input[0])
             float_weights = len(node.input) > 1 and node.input[1] in float_initializers
@@ -593,7 +613,7 @@ def _float_layers(model: onnx.ModelProto, precision: str) -> tuple[str, ...]:
     # fp16: nodes fed by a Cast to float32 (elem type 1) are the blocked ones.
     left = []
     for node in graph.node:
-        if node.op_type in _DATA_MOVEMENT or not node.input:
+        if node.op_type in _DATA_MOVEMENT or not node.input or node.name in front:
             continue
         src = producers.get(node.input[0])
         if src is not None and src.op_type == "Cast" and any(

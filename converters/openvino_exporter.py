@@ -4,9 +4,11 @@ Every precision starts from the same FP32 ONNX graph as the ONNX artifacts
 (:func:`converters.onnx_exporter.export_fp32`), converted with ``ov.convert_model`` (faster and
 more robust than converting the torch module, docs/TOOLCHAIN.md). Convolutions are renamed after their
 weights (``box_net.conv_rep.0.conv_dw[2]``: the third use of a shared head weight) so that logs,
-``ignored_scope`` and the manifest's ``float_layers`` name real layers. Input ``images``
-[1,3,R,R] float32 (normalized, NCHW); outputs ``cls_logits`` [1,N,C], ``box_regression`` [1,N,4],
-float32 at every precision.
+``ignored_scope`` and the manifest's ``float_layers`` name real layers. Input ``images``: by
+default (``input_kind="frame"``) the uint8 frame canvas [1,R,R,3] (NHWC, BGR), the finished model
+of every precision put behind OpenVINO's PrePostProcessor (:func:`converters.frame_input.openvino_frame_input`);
+with ``input_kind="tensor"`` [1,3,R,R] float32 (normalized, NCHW). Outputs ``cls_logits`` [1,N,C],
+``box_regression`` [1,N,4], float32 at every precision.
 
 * **fp32**: ``ov.save_model(..., compress_to_fp16=False)``.
 * **fp16**: ``compress_to_fp16=True``: float16 weights, decompressed on load, computed at the
@@ -48,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converters import int8
+from converters import frame_input, int8
 from converters.accuracy import AccuracyTarget, Agreement, Outputs
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
 from converters.fp32_cache import Fp32Cache
@@ -94,9 +96,12 @@ class OpenVinoIO(ArtifactIO):
 
 @register_exporter
 class OpenVinoExporter(Exporter):
-    """OpenVINO IR for the CPU plug-in, NCHW float32 I/O at every precision.
+    """OpenVINO IR for the CPU plug-in: the uint8 frame canvas or the NCHW float32 tensor in, float32
+    outputs, at every precision.
 
     Args:
+        input_kind: ``"frame"`` (default): the uint8 BGR canvas, preprocessed inside the model;
+            ``"tensor"``: the normalized float32 NCHW tensor.
         threads: inference threads for the parity check (default: the plug-in's choice).
         accuracy_aware: leave the layers whose quantization hurts most in float until INT8 reaches
             ``accuracy_target`` (default; see :mod:`converters.int8`); ``False`` makes a fully
@@ -110,16 +115,18 @@ class OpenVinoExporter(Exporter):
     precisions = ("fp32", "fp16", "int8")
     requires = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxslim": "onnxslim",
                 "openvino": "openvino", "nncf": "nncf"}
-    revision = 2  # 2: detection-level accuracy target, one INT8 report format (converters.int8)
+    revision = 3  # 3: frame input (converters.frame_input)
     fp32_kind = "onnx"  # converted from the ONNX exporter's FP32 graph
+    input_kinds = frame_input.INPUT_KINDS
     #: ``INFERENCE_PRECISION_HINT`` each precision is verified with; ``None`` = the plug-in's default.
     verify_precisions: dict[str, str | None] = {"fp32": "f32", "fp16": "f32", "int8": "f32"}
 
     def __init__(self, *, threads: int | None = None, accuracy_aware: bool = True,
                  accuracy_target: AccuracyTarget | None = AccuracyTarget(),
-                 preset: str = "mixed") -> None:
+                 preset: str = "mixed", input_kind: str = frame_input.DEFAULT_INPUT) -> None:
         if preset not in ("mixed", "performance"):
             raise ValueError(f"preset must be 'mixed' or 'performance', not {preset!r}")
+        self.input_kind = frame_input.check_input_kind(input_kind)
         self.threads = threads
         self.accuracy_target = accuracy_target if accuracy_aware else None
         self.preset = preset
@@ -128,9 +135,10 @@ class OpenVinoExporter(Exporter):
         self.last_int8: int8.Int8Report | None = None
 
     def options(self, precision: str) -> dict[str, str]:
-        """The CPU inference precision the artifact is verified (and served) at, and for INT8 the
-        NNCF preset and full or accuracy-aware with its target."""
-        opts = {"inference_precision": self.verify_precisions[precision] or _plugin_default_precision()}
+        """The input (frame or tensor), the CPU inference precision the artifact is verified (and
+        served) at, and for INT8 the NNCF preset and full or accuracy-aware with its target."""
+        opts = {"input": self.input_kind,
+                "inference_precision": self.verify_precisions[precision] or _plugin_default_precision()}
         if precision == "int8":
             opts.update(preset=self.preset, **int8.int8_options(self.accuracy_target))
         return opts
@@ -158,6 +166,8 @@ class OpenVinoExporter(Exporter):
             if result.report:  # without timings: the same inputs give the same files
                 out.set_rt_info(json.dumps(result.report.record(), sort_keys=True), [RT_KEY, "accuracy_aware"])
         out.set_rt_info(precision, [RT_KEY, "precision"])
+        if self.input_kind == "frame":
+            out = frame_input.openvino_frame_input(out, NormalizationSpec.from_config(config.normalization))
         ov.save_model(out, str(path), compress_to_fp16=compress)
         return [path, path.with_suffix(".bin")]
 
@@ -185,13 +195,14 @@ class OpenVinoExporter(Exporter):
             raise ConvertError(f"expected one input, the IR has {len(model.inputs)}")
         inp = model.inputs[0]
         dtype, shape = _port_info(inp)
-        if inp.get_any_name() != INPUT_NAME or len(shape) != 4 or shape[1] != 3:
+        normalization = NormalizationSpec.from_config(config.normalization)
+        if inp.get_any_name() == INPUT_NAME and dtype == "uint8" and len(shape) == 4 and shape[3] == 3:
+            input_spec = frame_input.frame_spec(INPUT_NAME, shape[1], normalization, batch=shape[0])
+        elif inp.get_any_name() != INPUT_NAME or len(shape) != 4 or shape[1] != 3:
             raise ConvertError(f"unexpected OpenVINO input {inp.get_any_name()!r} {shape}")
-        input_spec = InputSpec(
-            name=inp.get_any_name(), shape=shape, layout="NCHW", dtype=dtype,
-            normalization=NormalizationSpec.from_config(config.normalization), color="RGB",
-            quantization=None,
-        )
+        else:
+            input_spec = InputSpec(name=inp.get_any_name(), shape=shape, layout="NCHW", dtype=dtype,
+                                   normalization=normalization, color="RGB", quantization=None)
         outputs = []
         for out in model.outputs:
             dtype, shape = _port_info(out)

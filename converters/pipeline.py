@@ -251,6 +251,7 @@ def convert(
     verify_images: int = DEFAULT_VERIFY_IMAGES,
     thresholds: Mapping[str, Mapping[str, tuple[str, float]]] | None = None,
     int8_mode: str | None = None,
+    input_kind: str | None = None,
     exporter_options: Mapping[str, Mapping[str, Any]] | None = None,
     exporters: Mapping[str, Exporter] | None = None,
     progress: bool = False,
@@ -292,6 +293,10 @@ def convert(
         int8_mode: ``"full"`` (every layer INT8) or ``"accuracy-aware"`` (the layers whose
             quantization hurts most stay float until agreement with FP32 reaches a target), for
             every format; default: ``"full"`` for random weights, else each exporter's own.
+        input_kind: what the artifacts take: ``"frame"`` (the letterboxed uint8 frame canvas,
+            normalized inside the graph: :mod:`converters.frame_input`) or ``"tensor"`` (the
+            normalized float tensor); default: each exporter's own (frame for ONNX, OpenVINO and
+            TFLite; torch artifacts take tensors only).
         exporter_options: keyword arguments for each format's exporter, e.g.
             ``{"tflite": {"input_dtype": "uint8"}}`` (see each exporter class).
         exporters: exporter instances to use instead of the registered ones, by format name.
@@ -314,7 +319,7 @@ def convert(
                  num_classes=num_classes, labels=labels, seed=seed, exporters=exporters,
                  image_size=image_size, image_sizes=image_sizes, int8_mode=int8_mode,
                  exporter_options=exporter_options, eval_ann=eval_ann, eval_images=eval_images,
-                 eval_limit=eval_limit)
+                 eval_limit=eval_limit, input_kind=input_kind)
     results: list[ArtifactResult] = []
     bar = progress_bar(len(plan.jobs), unit="artifact", enabled=progress)
     try:
@@ -351,7 +356,8 @@ INT8_MODES = ("full", "accuracy-aware")
 
 def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calibration_count,
           allow_random, force, num_classes, labels, seed, exporters, image_size=None, int8_mode=None,
-          exporter_options=None, image_sizes=None, eval_ann=None, eval_images=None, eval_limit=None) -> _Plan:
+          exporter_options=None, image_sizes=None, eval_ann=None, eval_images=None, eval_limit=None,
+          input_kind=None) -> _Plan:
     """Check the whole request and list its jobs, before anything is exported (see :func:`convert`).
 
     The checks run in this order, so the first mistake of a request is the one reported. ``force``
@@ -361,7 +367,7 @@ def _plan(variants, formats, precisions, weights, out_dir, *, calibration, calib
     format_names, precision_names = _parse_formats(formats), _parse_precisions(precisions)
     int8_mode = _int8_mode(int8_mode, weights)
     asked_sizes = _parse_image_sizes(image_size, image_sizes)
-    instances = _make_exporters(format_names, precision_names, int8_mode, exporter_options, exporters)
+    instances = _make_exporters(format_names, precision_names, int8_mode, exporter_options, exporters, input_kind)
     _check_packages(instances, format_names)
     calibration_set, holdout = _open_calibration(calibration, calibration_count, instances, precision_names)
     evaluation = _open_evaluation(eval_ann, eval_images, eval_limit)
@@ -446,7 +452,7 @@ def _parse_image_sizes(image_size: int | str | None,
 
 def _make_exporters(format_names: list[str], precision_names: list[str], int8_mode: str | None,
                     exporter_options: Mapping[str, Mapping[str, Any]] | None,
-                    exporters: Mapping[str, Exporter] | None) -> list[Exporter]:
+                    exporters: Mapping[str, Exporter] | None, input_kind: str | None = None) -> list[Exporter]:
     """One exporter per format (a given instance, else the registered class with its options),
     each checked to make every requested precision."""
     stray = sorted(set(exporter_options or {}) - set(format_names))
@@ -457,7 +463,7 @@ def _make_exporters(format_names: list[str], precision_names: list[str], int8_mo
     for name in format_names:
         exporter = (exporters or {}).get(name)
         if exporter is None:
-            exporter = _new_exporter(name, dict((exporter_options or {}).get(name, {})), int8_mode)
+            exporter = _new_exporter(name, dict((exporter_options or {}).get(name, {})), int8_mode, input_kind)
         instances.append(exporter)
         unsupported = [p for p in precision_names if p not in exporter.precisions]
         if unsupported:
@@ -467,10 +473,19 @@ def _make_exporters(format_names: list[str], precision_names: list[str], int8_mo
     return instances
 
 
-def _new_exporter(name: str, kwargs: dict[str, Any], int8_mode: str | None) -> Exporter:
+def _new_exporter(name: str, kwargs: dict[str, Any], int8_mode: str | None, input_kind: str | None = None) -> Exporter:
     cls = get_exporter(name)
     if int8_mode is not None and "int8" in cls.precisions:
         kwargs.setdefault("accuracy_aware", int8_mode == "accuracy-aware")
+    if input_kind is not None:
+        if input_kind not in ("frame", "tensor"):
+            raise ConvertError(f"unknown input {input_kind!r}; choose frame (the uint8 frame canvas, "
+                               "preprocessed inside the model) or tensor (the normalized float tensor)")
+        if input_kind not in cls.input_kinds:
+            raise ConvertError(f"format {name} makes {' or '.join(cls.input_kinds)}-input artifacts, not "
+                               f"{input_kind}; drop --input or convert that format separately")
+        if len(cls.input_kinds) > 1:
+            kwargs.setdefault("input_kind", input_kind)
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -723,8 +738,7 @@ def _make(exporter: Exporter, precision: str, model: Any, reference: Reference,
             raise ConvertError(f"exporter {exporter.name} wrote {f} outside its directory")
     _remove_extras(staging, files)
     io = exporter.describe(files, model.config, precision)
-    parity = measure_parity(reference, exporter.runner(files, io), layout=io.input.layout,
-                            dtype=io.input.dtype, quantization=io.input.quantization)
+    parity = measure_parity(reference, exporter.runner(files, io), io.input)
     failures = check_parity(parity, precision, thresholds)
     parity["passed"] = not failures
     if failures:

@@ -2,7 +2,12 @@
 
 Every precision takes an **NHWC** input ``images`` [1,R,R,3] (what TFLite and XNNPACK want; the
 manifest says ``layout: NHWC``) and has the outputs ``cls_logits`` [1,N,C] and ``box_regression``
-[1,N,4], found through the ``serving_default`` signature (never by shape or position).
+[1,N,4], found through the ``serving_default`` signature (never by shape or position). By default
+(``input_kind="frame"``) the input is the uint8 frame canvas (BGR) and the graph starts with the
+front end of :mod:`converters.frame_input` (CAST, then a 1x1 CONV_2D: colour order and
+normalization), converted by litert-torch with the network; INT8 is calibrated on canvases and
+keeps the uint8 input (no QUANTIZE of a float input; ``input_dtype`` applies to tensor input
+only). With ``input_kind="tensor"`` it is the normalized float tensor, as described below.
 
 * **fp32**: ``litert_torch.convert`` of the EfficientDet behind a small wrapper that permutes
   NHWC to NCHW (the converter folds the permute into its layout pass), traced under
@@ -52,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converters import int8
+from converters import frame_input, int8
 from converters.accuracy import AccuracyTarget, Agreement, Outputs
 from converters.base import ArtifactIO, ConvertError, Exporter, Runner, register_exporter
 from converters.fp32_cache import Fp32Cache
@@ -81,7 +86,7 @@ _CALIBRATION_CHUNK = 8
 _DATA_MOVEMENT = {"RESHAPE", "TRANSPOSE", "CONCATENATION", "PAD", "PADV2", "MIRROR_PAD", "STRIDED_SLICE",
                   "SLICE", "SQUEEZE", "EXPAND_DIMS", "GATHER", "GATHER_ND", "MAX_POOL_2D",
                   "RESIZE_NEAREST_NEIGHBOR", "QUANTIZE", "DEQUANTIZE", "PACK", "UNPACK", "SPLIT",
-                  "DELEGATE"}
+                  "DELEGATE", "CAST"}
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
@@ -91,7 +96,10 @@ class TfliteExporter(Exporter):
 
     Args:
         threads: interpreter threads for verification and the accuracy-aware search.
-        input_dtype: INT8 artifacts only: ``"float32"``, ``"int8"`` or ``"uint8"`` input.
+        input_kind: ``"frame"`` (default): the uint8 BGR canvas, preprocessed inside the graph;
+            ``"tensor"``: the normalized float tensor.
+        input_dtype: INT8 artifacts with tensor input only: ``"float32"``, ``"int8"`` or ``"uint8"``
+            input (a frame artifact's input is uint8 pixels already).
         float_outputs: INT8 artifacts only: dequantize the outputs inside the graph.
         accuracy_aware: keep the model units whose quantization hurts most in float until INT8
             reaches ``accuracy_target`` (default; see :mod:`converters.int8`); ``False`` makes a
@@ -104,13 +112,19 @@ class TfliteExporter(Exporter):
     precisions = ("fp32", "fp16", "int8")
     requires = {"litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer",
                 "ai_edge_litert": "ai-edge-litert"}
-    revision = 2  # 2: accuracy-aware by default, the shared detection-level target (converters.int8)
+    revision = 3  # 3: frame input (converters.frame_input)
     fp32_kind = "tflite"
+    input_kinds = frame_input.INPUT_KINDS
 
     def __init__(self, *, threads: int | None = None, input_dtype: str = "float32", float_outputs: bool = True,
-                 accuracy_aware: bool = True, accuracy_target: AccuracyTarget | None = AccuracyTarget()) -> None:
+                 accuracy_aware: bool = True, accuracy_target: AccuracyTarget | None = AccuracyTarget(),
+                 input_kind: str = frame_input.DEFAULT_INPUT) -> None:
         if input_dtype not in INPUT_DTYPES:
             raise ConvertError(f"tflite input_dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}")
+        self.input_kind = frame_input.check_input_kind(input_kind)
+        if self.input_kind == "frame" and input_dtype != "float32":
+            raise ConvertError(f"tflite input_dtype {input_dtype!r} is for tensor input; a frame-input artifact "
+                               "takes uint8 pixels already: drop the input dtype, or ask for tensor input")
         self.threads = threads
         self.input_dtype = input_dtype
         self.float_outputs = bool(float_outputs)
@@ -120,16 +134,21 @@ class TfliteExporter(Exporter):
         self.last_int8: int8.Int8Report | None = None
 
     def options(self, precision: str) -> dict[str, str]:
-        """The options that shape INT8 files (FP32 and FP16 have none)."""
+        """The input (frame or tensor), and the options that shape INT8 files."""
         if precision != "int8":
-            return {}
-        return {"input_dtype": self.input_dtype, "float_outputs": str(self.float_outputs).lower(),
+            return {"input": self.input_kind}
+        dtype = {"input_dtype": self.input_dtype} if self.input_kind == "tensor" else {}
+        return {"input": self.input_kind, **dtype, "float_outputs": str(self.float_outputs).lower(),
                 **int8.int8_options(self.accuracy_target)}
+
+    @property
+    def _frames(self) -> bool:
+        return self.input_kind == "frame"
 
     def with_options(self, **changes: Any) -> TfliteExporter:
         """A copy with other options that shares this exporter's FP32 graph and calibration cache."""
         kwargs = dict(threads=self.threads, input_dtype=self.input_dtype, float_outputs=self.float_outputs,
-                      accuracy_target=self.accuracy_target)
+                      accuracy_target=self.accuracy_target, input_kind=self.input_kind)
         kwargs.update(changes)
         other = type(self)(**kwargs)
         other._cache = self._cache
@@ -150,7 +169,7 @@ class TfliteExporter(Exporter):
             qsvs = self._calibration(fp32, config, calibration)
             with tempfile.TemporaryDirectory(prefix="edgedet-tflite-int8-") as tmp:
                 recipe = _TfliteRecipe(fp32, qsvs, config, Path(tmp), input_dtype=self.input_dtype,
-                                       float_outputs=self.float_outputs,
+                                       float_outputs=self.float_outputs, frames=self._frames,
                                        threads=self.threads or min(4, os.cpu_count() or 1))
                 result = int8.quantize(recipe, self.accuracy_target, model, calibration)
             self.last_int8 = result.report
@@ -160,14 +179,16 @@ class TfliteExporter(Exporter):
     def _calibration(self, fp32: bytes, config: ModelConfig, calibration: Calibration) -> dict:
         key = (hashlib.sha256(fp32).hexdigest(), calibration.key)
         if key not in self._cache.qsvs:
-            self._cache.qsvs[key] = _calibrate(fp32, config, calibration)
+            self._cache.qsvs[key] = _calibrate(fp32, config, calibration, frames=self._frames)
         return self._cache.qsvs[key]
 
     def fp32_graph(self, model: Any, config: ModelConfig) -> bytes:
-        return self._cache.fp32.get(model, config, lambda: _export_fp32(model, config))
+        """The FP32 flatbuffer of this exporter's input kind (frame and tensor graphs are cached apart)."""
+        return self._cache.fp32[self.input_kind].get(
+            model, config, lambda: _export_fp32(model, config, frames=self._frames))
 
     def seed_fp32(self, model: Any, config: ModelConfig, graph: bytes) -> None:
-        self._cache.fp32.put(model, config, graph)
+        self._cache.fp32[self.input_kind].put(model, config, graph)
 
     def release(self) -> None:
         self._cache.clear()
@@ -195,11 +216,14 @@ class _Cache:
     calibration statistics by (FP32 file, calibration). The pipeline releases it when it moves to
     another variant."""
 
-    fp32: Fp32Cache[bytes] = field(default_factory=Fp32Cache)
+    #: By input kind (``frame``, ``tensor``): two different graphs of the same weights.
+    fp32: dict[str, Fp32Cache[bytes]] = field(
+        default_factory=lambda: {kind: Fp32Cache() for kind in frame_input.INPUT_KINDS})
     qsvs: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     def clear(self) -> None:
-        self.fp32.clear()
+        for cache in self.fp32.values():
+            cache.clear()
         self.qsvs.clear()
 
 
@@ -241,8 +265,12 @@ def _signature_io(interpreter: Any, normalization: NormalizationSpec) -> Artifac
     shape = tuple(int(d) for d in detail["shape"])
     if len(shape) != 4 or shape[3] != 3:
         raise ConvertError(f"unexpected TFLite input shape {list(shape)}; expected [1,R,R,3] (NHWC)")
-    input_spec = InputSpec(name=detail["name"], shape=shape, layout="NHWC", dtype=_dtype_name(detail),
-                           normalization=normalization, color="RGB", quantization=_quantization(detail))
+    if _dtype_name(detail) == "uint8" and not detail["quantization"][0]:
+        # uint8 pixels, not a quantized tensor: the frame canvas (converters.frame_input)
+        input_spec = frame_input.frame_spec(detail["name"], shape[1], normalization, batch=shape[0])
+    else:
+        input_spec = InputSpec(name=detail["name"], shape=shape, layout="NHWC", dtype=_dtype_name(detail),
+                               normalization=normalization, color="RGB", quantization=_quantization(detail))
     output_specs = tuple(
         OutputSpec(name=outputs[role]["name"], role=role, shape=tuple(int(d) for d in outputs[role]["shape"]),
                    dtype=_dtype_name(outputs[role]), quantization=_quantization(outputs[role]))
@@ -250,18 +278,31 @@ def _signature_io(interpreter: Any, normalization: NormalizationSpec) -> Artifac
     return ArtifactIO(input=input_spec, outputs=output_specs)
 
 
-def _nhwc_model(model: Any) -> Any:
+def _nhwc_model(model: Any, *, frames: bool = False) -> Any:
+    """The module litert-torch converts: ``model`` taking [B,H,W,C] and returning its outputs by
+    name; with ``frames`` the uint8 canvas, through the front end of :mod:`converters.frame_input`
+    (held here, at the root, so that tensor names keep their module paths: see :func:`_module_path`)."""
     import torch
 
     class NhwcEfficientDet(torch.nn.Module):
-        """Takes the normalized image as [B,H,W,C] and returns the outputs by name."""
+        """Takes the normalized image (or the uint8 frame canvas) as [B,H,W,C] and returns the
+        outputs by name."""
 
         def __init__(self, model: torch.nn.Module) -> None:
             super().__init__()
             self.model = model
+            self.frames = frames
+            if frames:
+                weight, bias = frame_input.front_end(NormalizationSpec.from_config(model.config.normalization))
+                self.register_buffer("frame_weight", torch.from_numpy(weight.reshape(3, 3, 1, 1).copy()))
+                self.register_buffer("frame_bias", torch.from_numpy(bias.copy()))
 
         def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-            cls, box = self.model(images.permute(0, 3, 1, 2))
+            if self.frames:
+                x = frame_input.torch_front_end(images, self.frame_weight, self.frame_bias)
+            else:
+                x = images.permute(0, 3, 1, 2)
+            cls, box = self.model(x)
             return {OUTPUT_NAMES[0]: cls, OUTPUT_NAMES[1]: box}
 
     return NhwcEfficientDet(model).eval()
@@ -338,13 +379,15 @@ def _export_rewrites() -> Any:
     return ExportRewrites()
 
 
-def _export_fp32(model: Any, config: ModelConfig) -> bytes:
+def _export_fp32(model: Any, config: ModelConfig, *, frames: bool = False) -> bytes:
     import torch
 
     size = int(getattr(model, "image_size", config.image_size))
     started = time.perf_counter()
-    content = _convert_module(_nhwc_model(model), {INPUT_NAME: torch.zeros(1, size, size, 3)})
-    logger.info("%s: litert-torch FP32 conversion %.1f s", config.name, time.perf_counter() - started)
+    sample = torch.zeros(1, size, size, 3, dtype=torch.uint8 if frames else torch.float32)
+    content = _convert_module(_nhwc_model(model, frames=frames), {INPUT_NAME: sample})
+    logger.info("%s: litert-torch FP32 conversion (%s input) %.1f s", config.name,
+                "frame" if frames else "tensor", time.perf_counter() - started)
     return content
 
 
@@ -377,12 +420,16 @@ def _to_fp16(fp32: bytes) -> bytes:
     return bytes(result.quantized_model)
 
 
-def _calibration_batches(config: ModelConfig, calibration: Calibration) -> Iterator[np.ndarray]:
-    norm = config.normalization
-    return calibration.batches(config.image_size, norm.mean, norm.std, layout="NHWC", dtype=np.float32)
+def _calibration_batches(config: ModelConfig, calibration: Calibration, *, frames: bool = False) -> Iterator[np.ndarray]:
+    """The calibration frames as the FP32 graph takes them: the uint8 canvas, or the NHWC tensor."""
+    norm = NormalizationSpec.from_config(config.normalization)
+    if frames:
+        return calibration.inputs(frame_input.frame_spec(INPUT_NAME, config.image_size, norm))
+    return calibration.inputs(InputSpec(INPUT_NAME, (1, config.image_size, config.image_size, 3), "NHWC",
+                                        "float32", norm))
 
 
-def _calibrate(fp32: bytes, config: ModelConfig, calibration: Calibration) -> dict:
+def _calibrate(fp32: bytes, config: ModelConfig, calibration: Calibration, *, frames: bool = False) -> dict:
     """Min/max statistics of every tensor over the calibration frames (ai-edge-quantizer's QSVs).
 
     Fed in chunks (the quantizer lists what it is given), resuming from the previous result: the
@@ -400,7 +447,7 @@ def _calibrate(fp32: bytes, config: ModelConfig, calibration: Calibration) -> di
         with quiet():
             qsvs = qt.calibrate({SIGNATURE: chunk}, previous_calibration_result=qsvs)
 
-    for batch in _calibration_batches(config, calibration):
+    for batch in _calibration_batches(config, calibration, frames=frames):
         chunk.append({INPUT_NAME: batch})
         count += 1
         if len(chunk) == _CALIBRATION_CHUNK:
@@ -561,10 +608,10 @@ class _TfliteRecipe:
     real quantization each, candidates run by the LiteRT interpreter as the runtime feeds them."""
 
     def __init__(self, fp32: bytes, qsvs: dict, config: ModelConfig, work: Path, *, input_dtype: str,
-                 float_outputs: bool, threads: int) -> None:
+                 float_outputs: bool, threads: int, frames: bool = False) -> None:
         self.fp32, self.qsvs, self.work, self.threads = fp32, qsvs, work, threads
         self.normalization = NormalizationSpec.from_config(config.normalization)
-        self.input_dtype, self.float_outputs = input_dtype, float_outputs
+        self.input_dtype, self.float_outputs, self.frames = input_dtype, float_outputs, frames
 
     def quantize(self, float_members: Sequence[str]) -> bytes:
         return _quantize_int8(self.fp32, self.qsvs, input_dtype=self.input_dtype, float_outputs=self.float_outputs,
@@ -577,6 +624,8 @@ class _TfliteRecipe:
         path.write_bytes(candidate)
         backend = TfliteBackend(path, threads=self.threads)
         run = _backend_runner(backend, _signature_io(backend.interpreter, self.normalization))
+        if self.frames:  # the preprocessed batches back to the canvases they were made from (exact)
+            return [run(frame_input.canvas_from_batch(b, self.normalization)) for b in batches]
         return [run(np.ascontiguousarray(b.transpose(0, 2, 3, 1))) for b in batches]
 
     def rank(self, full: bytes, agreement: Agreement, trial: int8.Trial) -> int8.Ranking:

@@ -1,7 +1,10 @@
 """Parity of an artifact with the PyTorch FP32 model, on held-out images.
 
-Both run on the same batches (made by :func:`edgedet.preprocess.preprocess` from frames that were
-not used for calibration). Figures, per output (``cls`` = cls_logits, ``box`` = box_regression):
+Both see the same held-out frames (not used for calibration): PyTorch the normalized tensor of
+:func:`edgedet.preprocess.preprocess`, the artifact what the runtime feeds it
+(:func:`edgedet.preprocess.prepare` with the artifact's input spec: that tensor laid out, typed or
+quantized as it takes it, or for a frame-input artifact the uint8 canvas). Figures, per output
+(``cls`` = cls_logits, ``box`` = box_regression):
 
 * ``*_max_abs``: the largest absolute difference of any raw output value;
 * ``*_mean_abs``: the mean absolute difference;
@@ -34,8 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edgedet.manifest import Quantization
-from edgedet.quantization import quantize
+from edgedet.manifest import InputSpec
 
 from converters.base import Runner
 
@@ -96,6 +98,8 @@ class Reference:
     box: tuple[np.ndarray, ...]
     description: str  # where the frames came from
     anchors: np.ndarray | None = None  # the model's anchors: decodes detections for detection_f1
+    #: The frames themselves (BGR uint8): what an artifact is fed from (measure_parity).
+    frames: tuple[np.ndarray, ...] = ()
 
 
 def reference_outputs(model: Any, frames: Iterable[np.ndarray], *, description: str) -> Reference:
@@ -107,9 +111,10 @@ def reference_outputs(model: Any, frames: Iterable[np.ndarray], *, description: 
 
     config = model.config
     norm = config.normalization
-    batches, cls, box = [], [], []
+    batches, cls, box, kept = [], [], [], []
     with torch.no_grad():
         for frame in frames:
+            kept.append(frame)
             batch, _ = preprocess(frame, config.image_size, norm.mean, norm.std, layout="NCHW")
             c, b = model(torch.from_numpy(batch))
             batches.append(batch)
@@ -117,18 +122,20 @@ def reference_outputs(model: Any, frames: Iterable[np.ndarray], *, description: 
             box.append(b.numpy().astype(np.float32))
     if not batches:
         raise ValueError("no held-out frames to verify with")
-    return Reference(tuple(batches), tuple(cls), tuple(box), description, generate_anchors(config))
+    return Reference(tuple(batches), tuple(cls), tuple(box), description, generate_anchors(config), tuple(kept))
 
 
-def measure_parity(reference: Reference, run: Runner, *, layout: str = "NCHW", dtype: str = "float32",
-                   quantization: Quantization | None = None) -> dict[str, Any]:
-    """Run the artifact on the reference batches, fed as the runtime feeds it (layout, dtype, and
-    quantized for integer inputs), and :func:`compare` the outputs."""
+def measure_parity(reference: Reference, run: Runner, spec: InputSpec) -> dict[str, Any]:
+    """Run the artifact on the reference frames, fed exactly as the runtime feeds an artifact whose
+    manifest ``input`` is ``spec`` (:func:`edgedet.preprocess.prepare`), and :func:`compare` the
+    outputs with PyTorch's on the same frames."""
+    if len(reference.frames) != len(reference.batches):
+        raise ValueError("the reference holds no frames to feed the artifact: make it with reference_outputs()")
+    from edgedet.preprocess import prepare
+
     cls, box = [], []
-    for batch in reference.batches:
-        x = batch.transpose(0, 2, 3, 1) if layout == "NHWC" else batch
-        x = (quantize(x, quantization, dtype) if quantization is not None
-             else np.ascontiguousarray(x, dtype=np.dtype(dtype)))
+    for frame in reference.frames:
+        x, _ = prepare(frame, spec)
         c, b = run(x)
         cls.append(c)
         box.append(b)

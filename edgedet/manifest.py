@@ -13,17 +13,25 @@ input size other than the variant's native one names it, ``<backend>-<precision>
     exports/d0/onnxruntime-int8-384/model.onnx + manifest.json
     exports/d0/openvino-fp16/model.xml + model.bin + manifest.json
 
-Schema (version 1); every field is required unless marked *nullable*:
+Schema (version 2); every field is required unless marked *nullable*:
 
 ==================  =================================================================================
-``schema_version``  ``1``
+``schema_version``  ``1`` or ``2``: the lowest version that can describe the artifact is written, so
+                    an older edgedet keeps reading what it can feed and refuses the rest (version 2:
+                    artifacts that take the frame canvas, ``input.preprocessing`` ``"model"``)
 ``variant``         config name (``"d0"``, ``"lite0"``...): :func:`edgedet.config.get_config` knows it
 ``family``          ``"d"`` or ``"lite"``; ``phi`` the compound coefficient (int)
 ``num_classes``     class count of ``cls_logits``; ``labels`` one name per class (list of str)
 ``input``           ``name``, ``shape`` (list of int), ``layout`` ``NCHW``/``NHWC``, ``dtype``
                     (``float32``/``float16``/``uint8``/``int8``), ``normalization`` ``{mean, std}``
-                    (3 floats each, 0..255 RGB units: ``(pixel - mean) / std``), ``color`` ``"RGB"``,
-                    ``quantization`` ``{scale, zero_point}`` (*nullable*: set only for integer I/O)
+                    (3 floats each, 0..255 RGB units: ``(pixel - mean) / std``), ``color``
+                    (``"RGB"``, or ``"BGR"`` for a frame canvas), ``quantization`` ``{scale,
+                    zero_point}`` (*nullable*: set only for integer I/O), ``preprocessing``
+                    (version 2; absent in version 1, meaning ``"runtime"``): ``"runtime"`` = the
+                    runtime letterboxes, normalizes and lays out the tensor; ``"model"`` = the
+                    artifact takes the letterboxed uint8 canvas ``[B,S,S,3]`` (NHWC, channels in
+                    ``color`` order, padded with the mean colour) and normalizes inside the graph
+                    (``normalization`` says what the graph applies)
 ``outputs``         list of ``{name, role, shape, dtype, quantization}``, roles ``cls_logits`` [B,N,C]
                     and ``box_regression`` [B,N,4] (each exactly once)
 ``anchors``         ``min_level``, ``max_level``, ``num_scales``, ``aspect_ratios`` (list of
@@ -73,6 +81,7 @@ __all__ = [
     "MODEL_SUFFIXES",
     "OUTPUT_ROLES",
     "PRECISIONS",
+    "PREPROCESSING",
     "SCHEMA_VERSION",
     "AccuracyInfo",
     "AnchorSpec",
@@ -91,9 +100,10 @@ __all__ = [
     "utc_now",
 ]
 
-#: The version this module writes; :data:`SUPPORTED_SCHEMA_VERSIONS` are those it reads.
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
+#: The newest version this module writes; :data:`SUPPORTED_SCHEMA_VERSIONS` are those it reads. A
+#: manifest is written at the lowest version that describes it (:meth:`InputSpec.schema_version`).
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 MANIFEST_NAME = "manifest.json"
 
 BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tflite", "torch")
@@ -101,7 +111,10 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC")
 DTYPES: tuple[str, ...] = ("float32", "float16", "uint8", "int8")
 OUTPUT_ROLES: tuple[str, ...] = ("cls_logits", "box_regression")
-COLORS: tuple[str, ...] = ("RGB",)
+COLORS: tuple[str, ...] = ("RGB", "BGR")
+#: Who turns the letterboxed frame into the network's tensor: the runtime (``preprocess``), or the
+#: model itself (it takes the uint8 canvas). Version 1 manifests have no field: ``"runtime"``.
+PREPROCESSING: tuple[str, ...] = ("runtime", "model")
 FAMILIES: tuple[str, ...] = ("d", "lite")
 #: The suffix of the file a backend loads (the first entry of ``files``). OpenVINO's ``.bin``
 #: weights sit beside the ``.xml`` and are listed in ``files`` too.
@@ -139,7 +152,12 @@ class NormalizationSpec:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The one input tensor of an artifact and how to fill it (see :func:`edgedet.preprocess.preprocess`)."""
+    """The one input tensor of an artifact and how to fill it (see :func:`edgedet.preprocess.prepare`).
+
+    ``preprocessing="runtime"``: a normalized tensor (letterbox, colour, normalization, layout done
+    by :func:`edgedet.preprocess.preprocess`). ``"model"``: the letterboxed uint8 canvas, NHWC, in
+    ``color`` order; the graph applies ``normalization`` itself.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -148,6 +166,17 @@ class InputSpec:
     normalization: NormalizationSpec
     color: str = "RGB"
     quantization: Quantization | None = None
+    preprocessing: str = "runtime"  # runtime | model
+
+    @property
+    def takes_frames(self) -> bool:
+        """The artifact takes the uint8 frame canvas and preprocesses inside the graph."""
+        return self.preprocessing == "model"
+
+    @property
+    def schema_version(self) -> int:
+        """The lowest manifest version that describes this input (2 for a frame canvas)."""
+        return 2 if self.takes_frames else 1
 
     @property
     def image_size(self) -> int:
@@ -258,9 +287,12 @@ class Manifest:
     options: dict[str, str] = field(default_factory=dict)
     created: str = ""
     export_key: str = ""
-    schema_version: int = SCHEMA_VERSION
+    #: ``None``: the lowest version that describes this manifest (what :meth:`save` writes).
+    schema_version: int | None = None
 
     def __post_init__(self) -> None:
+        if self.schema_version is None:
+            object.__setattr__(self, "schema_version", self.input.schema_version)
         # Validate what a caller builds too, not only what is read from disk.
         _validate_manifest(self, "manifest")
 
@@ -326,12 +358,15 @@ class Manifest:
     # ------------------------------------------------------------------------------- (de)serialize
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form (lists for tuples), keys in schema order, ``schema_version`` first."""
+        """The JSON-ready form (lists for tuples), keys in schema order, ``schema_version`` first.
+        Version 1 has no ``input.preprocessing`` (an older reader would ignore it, not refuse it)."""
         data = asdict(self)
         if data["accuracy"] is None:
             del data["accuracy"]  # optional: a manifest without it reads as before
         out: dict[str, Any] = {"schema_version": data.pop("schema_version")}
         out.update(data)
+        if out["schema_version"] < 2:
+            del out["input"]["preprocessing"]
         return _jsonable(out)
 
     def to_json(self) -> str:
@@ -599,11 +634,21 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
 
     inp = top.obj("input")
     norm = inp.obj("normalization")
+    # Version 1 has no preprocessing field: the runtime preprocesses. One there that says otherwise
+    # is refused, not ignored: a version 1 reader would feed such an artifact the wrong input.
+    if version >= 2:
+        preprocessing = inp.text("preprocessing", choices=PREPROCESSING)
+    else:
+        preprocessing = "runtime"
+        if inp.data.get("preprocessing", "runtime") != "runtime":
+            raise _fail(where, "input.preprocessing", f"is {inp.data['preprocessing']!r} in a version "
+                        f"{version} manifest, which cannot say that (version 2 can)")
     input_spec = InputSpec(
         name=inp.text("name"), shape=inp.shape("shape"), layout=inp.text("layout", choices=LAYOUTS),
         dtype=inp.text("dtype", choices=DTYPES),
         normalization=NormalizationSpec(mean=_parse_triple(norm, "mean"), std=_parse_triple(norm, "std")),
         color=inp.text("color", choices=COLORS), quantization=_parse_quantization(inp, "quantization"),
+        preprocessing=preprocessing,
     )
 
     outputs = []
@@ -681,8 +726,21 @@ def _validate_manifest(m: Manifest, where: str) -> None:
                                  ("precision", m.precision, PRECISIONS),
                                  ("input.layout", m.input.layout, LAYOUTS),
                                  ("input.dtype", m.input.dtype, DTYPES),
-                                 ("input.color", m.input.color, COLORS)):
+                                 ("input.color", m.input.color, COLORS),
+                                 ("input.preprocessing", m.input.preprocessing, PREPROCESSING)):
         check(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
+    check(m.schema_version >= m.input.schema_version, "schema_version",
+          f"is {m.schema_version}, but an artifact that takes the frame canvas (input.preprocessing "
+          f"'model') needs version {m.input.schema_version}")
+    if m.input.takes_frames:
+        check(m.input.layout == "NHWC" and m.input.dtype == "uint8" and m.input.quantization is None,
+              "input", "takes the frame canvas (preprocessing 'model'), so it must be NHWC uint8 without "
+              f"quantization, got {m.input.layout} {m.input.dtype}"
+              + (" with quantization" if m.input.quantization is not None else ""))
+    else:
+        check(m.input.color == "RGB", "input.color",
+              f"is {m.input.color!r}, but the runtime's preprocessing makes RGB tensors (only an artifact "
+              "that takes the frame canvas may say BGR)")
     check(isinstance(m.variant, str) and bool(m.variant), "variant", "must be a non-empty string")
     check(len(m.labels) == m.num_classes, "labels",
           f"has {len(m.labels)} names but num_classes is {m.num_classes}")

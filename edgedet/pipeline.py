@@ -17,8 +17,8 @@ from edgedet.backends import Backend
 from edgedet.detections import Detections
 from edgedet.manifest import Manifest
 from edgedet.postprocess import DEFAULT_SCORE_THRESHOLD, postprocess
-from edgedet.preprocess import Letterbox, preprocess
-from edgedet.quantization import dequantize, quantize
+from edgedet.preprocess import Letterbox, prepare
+from edgedet.quantization import dequantize
 
 if TYPE_CHECKING:
     from edgedet.detector import Artifact
@@ -47,19 +47,18 @@ class Pipeline:
         self.score_threshold, self.iou_threshold = score_threshold, iou_threshold
         self.max_detections = max_detections or 100
         self.rgb = rgb
-        self._input_dtype = np.float16 if m.input.dtype == "float16" else np.float32
         self._cls, self._box = m.output("cls_logits"), m.output("box_regression")
         self._labels = tuple(m.labels)
 
     def prepare(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
-        """Frames → the model's input batch (letterboxed, normalized, laid out and typed as the
-        manifest says) and each frame's letterbox, which maps boxes back to it."""
-        spec = self.manifest.input
-        batch, boxes = preprocess(frames, spec.image_size, spec.normalization.mean, spec.normalization.std,
-                                  layout=spec.layout, rgb=self.rgb, dtype=self._input_dtype)
-        if spec.quantization is not None:  # integer-input artifacts (full-INT8 TFLite)
-            batch = quantize(batch, spec.quantization, spec.dtype)
-        return batch, boxes
+        """Frames → the model's input batch, as the manifest's ``input`` says
+        (:func:`edgedet.preprocess.prepare`), and each frame's letterbox, which maps boxes back to it.
+
+        An artifact that preprocesses inside its graph gets the frames letterboxed straight into a
+        fresh uint8 batch (no float work here); the backends hand that buffer to the runtime without
+        a copy where the runtime allows. Fresh per call, not reused: a caller may keep prepared
+        batches (the benchmark does), or prepare the next frame while this one runs."""
+        return prepare(frames, self.manifest.input, rgb=self.rgb)
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """One :class:`Detections` per frame (a batch the backend takes in one call)."""

@@ -2,15 +2,23 @@
 
 One implementation for every consumer — the runtime's backends, the converters' calibration and
 verification, training and evaluation — so an artifact is always fed exactly as it was calibrated.
-numpy and OpenCV only.
+:func:`prepare` is the one place that turns frames into an artifact's input, as its manifest's
+``input`` says: a normalized tensor (:func:`preprocess`, then quantized for integer inputs), or
+for an artifact that preprocesses inside its graph the letterboxed uint8 canvas
+(:func:`canvas_batch`). numpy and OpenCV only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import cv2
 import numpy as np
+
+from edgedet.quantization import quantize
+
+if TYPE_CHECKING:
+    from edgedet.manifest import InputSpec
 
 Layout = Literal["NCHW", "NHWC"]
 #: Frames larger than this many pixels are refused: almost surely a bug upstream (a mosaic, a
@@ -88,6 +96,24 @@ def letterbox(frame: np.ndarray, size: int, out: np.ndarray | None = None,
     return out, Letterbox(scale, h, w)
 
 
+def normalization_affine(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixel - mean) / std`` as ``pixel * scale + shift``: ``scale = 1/std`` and ``shift =
+    -mean/std`` per RGB channel, float32 (rounded as the float32 reference computation rounds them).
+    What :func:`preprocess` computes, and what an artifact that normalizes inside its graph folds
+    into its front end (``converters.frame_input``).
+
+    Raises:
+        ValueError: ``mean`` or ``std`` is not 3 numbers, or a std is 0.
+    """
+    std_arr = np.asarray(std, dtype=np.float64).reshape(-1)
+    mean_arr = np.asarray(mean, dtype=np.float64).reshape(-1)
+    if std_arr.shape != (3,) or mean_arr.shape != (3,) or not np.all(std_arr != 0):
+        raise ValueError(f"mean and std must be 3 numbers (RGB) with std != 0, got {mean!r}, {std!r}")
+    scale32 = (1.0 / std_arr).astype(np.float32)
+    shift32 = (-mean_arr.astype(np.float32) * scale32).astype(np.float32)
+    return scale32, shift32
+
+
 #: OpenCV depth codes of the float dtypes :func:`preprocess` writes directly (others go via float32).
 _CV_DEPTH = {np.dtype(np.float32): cv2.CV_32F, np.dtype(np.float16): cv2.CV_16F,
              np.dtype(np.float64): cv2.CV_64F}
@@ -154,23 +180,12 @@ def preprocess(frames: np.ndarray | Sequence[np.ndarray], size: int, mean: Seque
     size = int(size)
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
-    std_arr = np.asarray(std, dtype=np.float64).reshape(-1)
     mean_arr = np.asarray(mean, dtype=np.float64).reshape(-1)
-    if std_arr.shape != (3,) or mean_arr.shape != (3,) or not np.all(std_arr != 0):
-        raise ValueError(f"mean and std must be 3 numbers (RGB) with std != 0, got {mean!r}, {std!r}")
-    # (x - mean) / std == x * (1/std) + (-mean/std), with the constants rounded to float32 as the
-    # float32 reference computation does.
-    scale32 = (1.0 / std_arr).astype(np.float32)
-    shift32 = (-mean_arr.astype(np.float32) * scale32).astype(np.float32)
+    scale32, shift32 = normalization_affine(mean, std)
     scale = tuple(float(v) for v in scale32)
     shift = tuple(float(v) for v in shift32)
 
-    if frames is None or (isinstance(frames, np.ndarray) and frames.ndim != 4):
-        frames = [frames]
-    frames = [validate_frame(f) for f in frames]
-    if not frames:
-        raise InputError("no frames given")
-
+    frames = _frame_list(frames)
     out_dtype = np.dtype(dtype)
     work_dtype = out_dtype if out_dtype in _CV_DEPTH else np.dtype(np.float32)
     shape = (len(frames), 3, size, size) if layout == "NCHW" else (len(frames), size, size, 3)
@@ -178,8 +193,7 @@ def preprocess(frames: np.ndarray | Sequence[np.ndarray], size: int, mean: Seque
     canvas = np.empty((size, size, 3), dtype=np.uint8)
     tmp = (np.empty((size, size, 3), dtype=np.float32)
            if layout == "NHWC" and work_dtype != np.float32 else None)
-    fill_rgb = tuple(int(v) for v in np.clip(np.rint(mean_arr), 0, 255))
-    fill = fill_rgb if rgb else fill_rgb[::-1]
+    fill = _fill(mean_arr, rgb)
     boxes = []
     for frame, dst in zip(frames, batch):
         _, info = letterbox(frame, size, out=canvas, fill=fill)
@@ -188,3 +202,75 @@ def preprocess(frames: np.ndarray | Sequence[np.ndarray], size: int, mean: Seque
     if work_dtype != out_dtype:
         batch = batch.astype(out_dtype)
     return batch, boxes
+
+
+def canvas_batch(frames: np.ndarray | Sequence[np.ndarray], size: int, mean: Sequence[float], *,
+                 color: str = "BGR", rgb: bool = False) -> tuple[np.ndarray, list[Letterbox]]:
+    """Letterbox frames straight into a uint8 ``[B,size,size,3]`` batch: the input of an artifact
+    that normalizes inside its graph (manifest ``input.preprocessing == "model"``).
+
+    The same letterbox as :func:`preprocess` (top-left, padded with the ``mean`` colour, so the
+    graph's normalization makes the padding ~0), with no float work: each frame is resized into
+    its slot of the batch, and swapped in place to ``color`` order (``"BGR"`` or ``"RGB"``) if the
+    frames (BGR unless ``rgb``) come in the other one.
+
+    Raises:
+        InputError: a frame is not an H×W×3 uint8 image (see :func:`validate_frame`), or no frames.
+        ValueError: ``size``, ``mean`` or ``color`` is invalid.
+    """
+    size = int(size)
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if color not in ("BGR", "RGB"):
+        raise ValueError(f"color must be 'BGR' or 'RGB', got {color!r}")
+    mean_arr = np.asarray(mean, dtype=np.float64).reshape(-1)
+    if mean_arr.shape != (3,):
+        raise ValueError(f"mean must be 3 numbers (RGB), got {mean!r}")
+    frames = _frame_list(frames)
+    batch = np.empty((len(frames), size, size, 3), dtype=np.uint8)
+    fill = _fill(mean_arr, rgb)
+    swap = rgb != (color == "RGB")
+    boxes = []
+    for frame, dst in zip(frames, batch):
+        _, info = letterbox(frame, size, out=dst, fill=fill)
+        if swap:
+            cv2.cvtColor(dst, cv2.COLOR_BGR2RGB, dst=dst)  # in place, on the small canvas
+        boxes.append(info)
+    return batch, boxes
+
+
+def prepare(frames: np.ndarray | Sequence[np.ndarray], spec: InputSpec, *,
+            rgb: bool = False) -> tuple[np.ndarray, list[Letterbox]]:
+    """Frames → an artifact's input batch, exactly as its manifest's ``spec`` says, and each frame's
+    :class:`Letterbox`. The one place that does it: the runtime's pipeline, the converters'
+    calibration and parity checks all call it.
+
+    ``spec.preprocessing == "model"``: the letterboxed uint8 canvas (:func:`canvas_batch`).
+    Otherwise the normalized tensor (:func:`preprocess`: layout, float16 or float32), quantized with
+    ``spec.quantization`` for integer inputs.
+    """
+    norm = spec.normalization
+    if spec.preprocessing == "model":
+        return canvas_batch(frames, spec.image_size, norm.mean, color=spec.color, rgb=rgb)
+    dtype = np.float16 if spec.dtype == "float16" else np.float32
+    batch, boxes = preprocess(frames, spec.image_size, norm.mean, norm.std, layout=spec.layout,  # type: ignore[arg-type]
+                              rgb=rgb, dtype=dtype)
+    if spec.quantization is not None:  # integer-input artifacts (full-INT8 TFLite)
+        batch = quantize(batch, spec.quantization, spec.dtype)
+    return batch, boxes
+
+
+def _frame_list(frames: object) -> list[np.ndarray]:
+    """One frame, a list of frames or a 4-D batch → a list of validated frames."""
+    if frames is None or (isinstance(frames, np.ndarray) and frames.ndim != 4):
+        frames = [frames]
+    checked = [validate_frame(f) for f in frames]  # type: ignore[union-attr]
+    if not checked:
+        raise InputError("no frames given")
+    return checked
+
+
+def _fill(mean: np.ndarray, rgb: bool) -> tuple[int, int, int]:
+    """The letterbox padding: the mean colour (RGB ``mean``) in the frames' channel order."""
+    fill_rgb = tuple(int(v) for v in np.clip(np.rint(mean), 0, 255))
+    return fill_rgb if rgb else fill_rgb[::-1]  # type: ignore[return-value]

@@ -51,7 +51,7 @@ from converters.verify import DETECTION_AP_RANDOM_INT8
 from converters.weights import build_model, resolve_weights
 from edgedet.anchors import generate_anchors
 from edgedet.manifest import MANIFEST_NAME, Manifest, ManifestError
-from edgedet.preprocess import preprocess
+from edgedet.preprocess import prepare
 from parity import assert_fp16_parity, assert_fp32_matches_pytorch
 
 VARIANTS = ("lite0", "d0")
@@ -84,9 +84,7 @@ def run_onnx(directory: Path, frame: np.ndarray) -> tuple[Manifest, np.ndarray, 
     """Run an artifact the way the runtime will: everything from its manifest."""
     manifest = Manifest.load(directory)
     manifest.verify_files(directory)
-    norm = manifest.input.normalization
-    batch, _ = preprocess(frame, manifest.image_size, norm.mean, norm.std, layout=manifest.input.layout,
-                          dtype=np.dtype(manifest.input.dtype))
+    batch, _ = prepare(frame, manifest.input)  # the frame canvas (these artifacts take frames)
     session = ort.InferenceSession(str(manifest.model_path(directory)), providers=["CPUExecutionProvider"])
     cls_name = manifest.output("cls_logits").name
     box_name = manifest.output("box_regression").name
@@ -125,8 +123,10 @@ def test_manifest_describes_the_artifact(exported, variant, precision):
     n = generate_anchors(manifest.model_config()).shape[0]
     size = manifest.image_size
     assert (manifest.variant, manifest.backend, manifest.precision) == (variant, "onnxruntime", precision)
-    assert manifest.input.shape == (1, 3, size, size) and manifest.input.layout == "NCHW"
-    assert manifest.input.dtype == "float32"  # FP16 and INT8 keep float32 I/O
+    # Frame input (the default, converters.frame_input): the uint8 BGR canvas at every precision.
+    assert manifest.input.shape == (1, size, size, 3) and manifest.input.layout == "NHWC"
+    assert (manifest.input.dtype, manifest.input.color, manifest.input.preprocessing) == ("uint8", "BGR", "model")
+    assert [n.op_type for n in model.graph.node[:3]] == ["Transpose", "Cast", "Conv"]
     assert manifest.output("cls_logits").shape == (1, n, 90)
     assert manifest.output("box_regression").shape == (1, n, 4)
     assert manifest.weights.random is True and manifest.weights.source == "random:seed=0"
@@ -137,12 +137,12 @@ def test_manifest_describes_the_artifact(exported, variant, precision):
         assert manifest.calibration.source == "synthetic:0"
         ops = {node.op_type for node in model.graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-        assert manifest.options == {"int8_mode": "full", "note": INT8_NOTE}
-        assert manifest.float_layers == ()  # fully quantized: every compute node INT8
+        assert manifest.options == {"input": "frame", "int8_mode": "full", "note": INT8_NOTE}
+        assert manifest.float_layers == ()  # fully quantized: every compute node INT8 (the front end is input)
         assert recorded(model) == ((), None)  # no accuracy-aware search ran
     else:
         assert manifest.calibration is None
-        assert manifest.options == {} and manifest.float_layers == ()
+        assert manifest.options == {"input": "frame"} and manifest.float_layers == ()
     result = report.get(variant, "onnx", precision)
     assert result.parity == manifest.parity
     assert result.size_mb == pytest.approx((directory / "model.onnx").stat().st_size / 1e6)
@@ -366,7 +366,7 @@ def test_int8_accuracy_aware(exported, tmp_path):
     directory = artifact(tmp_path / "exports", "d0", "int8")
     manifest = Manifest.load(directory)
     manifest.verify_files(directory)
-    assert manifest.options == {"int8_mode": "accuracy-aware", "accuracy_target": MODERATE.describe(),
+    assert manifest.options == {"input": "frame", "int8_mode": "accuracy-aware", "accuracy_target": MODERATE.describe(),
                                 "note": INT8_NOTE}
     model = onnx.load(str(directory / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
@@ -523,10 +523,11 @@ def test_options_are_part_of_the_export_key(exported):
     for precision in ("fp32", "fp16"):
         assert planned(precision, OnnxExporter(accuracy_aware=False)) == planned(precision, OnnxExporter()) \
             == Manifest.load(artifact(out, "d0", precision)).export_key
-    assert OnnxExporter().options("int8") == {"int8_mode": "accuracy-aware",
+    assert OnnxExporter().options("int8") == {"input": "frame", "int8_mode": "accuracy-aware",
                                               "accuracy_target": AccuracyTarget().describe(), "note": INT8_NOTE}
-    assert OnnxExporter(accuracy_aware=False).options("int8") == {"int8_mode": "full", "note": INT8_NOTE}
-    assert OnnxExporter().options("fp16") == {}
+    assert OnnxExporter(accuracy_aware=False).options("int8") == {"input": "frame", "int8_mode": "full", "note": INT8_NOTE}
+    assert OnnxExporter().options("fp16") == {"input": "frame"}
+    assert OnnxExporter(input_kind="tensor").options("fp16") == {"input": "tensor"}
 
 
 # ------------------------------------------------------------------------------------ interruptions

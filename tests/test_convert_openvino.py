@@ -50,7 +50,7 @@ from edgedet.anchors import generate_anchors
 from edgedet.backends.base import ModelLoadError
 from edgedet.backends.openvino import OpenVinoBackend
 from edgedet.manifest import Manifest, ManifestError
-from edgedet.preprocess import preprocess
+from edgedet.preprocess import prepare
 from parity import assert_fp16_parity, assert_fp32_matches_pytorch
 
 VARIANTS = ("lite0", "d0")
@@ -91,9 +91,7 @@ def run_artifact(directory: Path, frame: np.ndarray, *, inference_precision: str
     """Run an artifact the way the runtime will: everything from its manifest, in the runtime backend."""
     manifest = Manifest.load(directory)
     manifest.verify_files(directory)
-    norm = manifest.input.normalization
-    batch, _ = preprocess(frame, manifest.image_size, norm.mean, norm.std, layout=manifest.input.layout,
-                          dtype=np.dtype(manifest.input.dtype))
+    batch, _ = prepare(frame, manifest.input)  # the frame canvas (these artifacts take frames)
     backend = OpenVinoBackend(manifest.model_path(directory), inference_precision=inference_precision)
     out = backend.run(batch)
     return manifest, out[manifest.output("cls_logits").name], out[manifest.output("box_regression").name]
@@ -129,8 +127,11 @@ def test_manifest_describes_the_artifact(exported, variant, precision):
     n = generate_anchors(manifest.model_config()).shape[0]
     size = manifest.image_size
     assert (manifest.variant, manifest.backend, manifest.precision) == (variant, "openvino", precision)
-    assert manifest.input.shape == (1, 3, size, size) and manifest.input.layout == "NCHW"
-    assert manifest.input.dtype == "float32"  # every precision keeps float32 I/O
+    # Frame input (the default, converters.frame_input): the uint8 BGR canvas at every precision,
+    # preprocessed inside the IR by the PrePostProcessor's steps.
+    assert manifest.input.shape == (1, size, size, 3) and manifest.input.layout == "NHWC"
+    assert (manifest.input.dtype, manifest.input.color, manifest.input.preprocessing) == ("uint8", "BGR", "model")
+    assert manifest.options["input"] == "frame"
     assert manifest.output("cls_logits").shape == (1, n, 90)
     assert manifest.output("box_regression").shape == (1, n, 4)
     assert manifest.weights.random is True

@@ -72,7 +72,7 @@ def test_int8_mode_reaches_the_exporters():
         plan = _plan("lite0", "onnx,openvino,tflite", "int8", "random", "unused", calibration="synthetic",
                      calibration_count=8, allow_random=True, force=False, num_classes=None, labels=None,
                      seed=0, exporters=None, int8_mode=mode,
-                     exporter_options={"tflite": {"input_dtype": "uint8"}})
+                     exporter_options={"tflite": {"input_kind": "tensor", "input_dtype": "uint8"}})
         return {j.exporter.name: (j.exporter.options("int8"), j.key) for j in plan.jobs}
 
     full, aware, default = options("full"), options("accuracy-aware"), options(None)

@@ -51,18 +51,20 @@ from edgedet.backends import ModelLoadError
 from edgedet.backends.tflite import TfliteBackend
 from edgedet.hub import sha256_file
 from edgedet.manifest import Manifest
-from edgedet.preprocess import preprocess
+from edgedet.preprocess import prepare
 from parity import assert_fp16_parity, assert_fp32_matches_pytorch
 
 VARIANTS = ("lite0", "d0")
 PRECISIONS = ("fp32", "fp16", "int8")
 COMMON = dict(formats="tflite", weights="random", allow_random=True, calibration="synthetic",
               calibration_count=8)
-#: INT8 option variants quantized from the same FP32 file and calibration as the pipeline's int8.
+#: INT8 option variants: tensor input (its own FP32 file: the pipeline's artifacts take frames, the
+#: default) with float or integer I/O, and accuracy-aware frame input from the pipeline's FP32 file.
 OPTIONS = {
-    "int8-input": dict(input_dtype="int8"),
-    "uint8-input": dict(input_dtype="uint8"),
-    "int8-io": dict(input_dtype="int8", float_outputs=False),
+    "tensor-input": dict(input_kind="tensor"),
+    "int8-input": dict(input_kind="tensor", input_dtype="int8"),
+    "uint8-input": dict(input_kind="tensor", input_dtype="uint8"),
+    "int8-io": dict(input_kind="tensor", input_dtype="int8", float_outputs=False),
     "accuracy-aware": dict(accuracy_target=AccuracyTarget(detection_ap50=DETECTION_AP_RANDOM_INT8, cls_cosine=0.999,
                                                           box_cosine=0.998)),
 }
@@ -109,8 +111,8 @@ def variants(exported, torch_models, tmp_path_factory):
             files = option_exporter.export(model, model.config, out, "int8", calibration)
             seconds = time.perf_counter() - started
             io = option_exporter.describe(files, model.config, "int8")
-            # Float batches, as the runtime makes them; the runner quantizes integer inputs.
-            parity = measure_parity(reference, option_exporter.runner(files, io), layout="NHWC", dtype="float32")
+            # Fed as the runtime feeds each (quantized for integer inputs, the canvas for frames).
+            parity = measure_parity(reference, option_exporter.runner(files, io), io.input)
             results[variant, name] = dict(files=files, io=io, parity=parity, seconds=seconds,
                                           search=option_exporter.last_int8)
             print(f"{variant} {name}: {seconds:.1f} s, {files[0].stat().st_size / 1e6:.1f} MB, "
@@ -131,6 +133,7 @@ def test_registered():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(input_dtype="int16"), "input_dtype must be one of"),
+    (dict(input_dtype="uint8"), "is for tensor input"),  # frame input (the default) is uint8 pixels already
 ])
 def test_bad_options(kwargs, message):
     with pytest.raises(ConvertError, match=message):
@@ -169,7 +172,9 @@ def test_manifests(exported, variant):
         size = manifest.image_size
         assert (manifest.backend, manifest.precision, list(manifest.files)) == ("tflite", precision, ["model.tflite"])
         assert manifest.input.layout == "NHWC" and manifest.input.shape == (1, size, size, 3)
-        assert manifest.input.dtype == "float32" and manifest.input.quantization is None
+        # Frame input (the default): uint8 pixels, not a quantized tensor, at every precision.
+        assert manifest.input.dtype == "uint8" and manifest.input.quantization is None
+        assert (manifest.input.preprocessing, manifest.input.color) == ("model", "BGR")
         assert [(o.role, o.dtype, o.quantization) for o in manifest.outputs] == [
             ("cls_logits", "float32", None), ("box_regression", "float32", None)]
         assert manifest.parity["passed"] is True
@@ -183,8 +188,7 @@ def test_manifests(exported, variant):
 def run_tflite(directory: Path, frame: np.ndarray) -> tuple[Manifest, np.ndarray, np.ndarray]:
     """Run an artifact fed from its manifest alone, in the runtime's backend (NHWC input)."""
     manifest = Manifest.load(directory)
-    norm = manifest.input.normalization
-    batch, _ = preprocess(frame, manifest.image_size, norm.mean, norm.std, layout=manifest.input.layout)
+    batch, _ = prepare(frame, manifest.input)
     outputs = TfliteBackend(manifest.model_path(directory)).run(batch)
     return manifest, outputs[manifest.output("cls_logits").name], outputs[manifest.output("box_regression").name]
 
@@ -218,11 +222,11 @@ def test_int8_parity(exported, variant):
     assert 0 < p["cls_max_abs"]
     assert p["cls_cosine"] >= 0.995 and p["box_cosine"] >= 0.98
     assert p["score_max_abs"] <= 0.6 and p["top100_agreement"] >= 0.6
-    assert manifest.float_layers == ()  # full integer: only the I/O (de)quantization is float
+    assert manifest.float_layers == ()  # full integer: only the input cast and the output dequantization are float
     assert manifest.calibration is not None and manifest.calibration.count == 8
     interpreter = TfliteBackend(manifest.model_path(artifact(out, variant, "int8"))).interpreter
     ops = [op["op_name"] for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
-    assert ops[0] == "QUANTIZE" and ops.count("DEQUANTIZE") == 2
+    assert ops[0] == "CAST" and ops.count("DEQUANTIZE") == 2  # uint8 pixels in: no QUANTIZE of a float input
     convs = [t for t in interpreter.get_tensor_details() if t["dtype"] == np.int8]
     assert len(convs) > 200
 
@@ -247,7 +251,7 @@ def test_integer_input(exported, variants, variant, name, dtype):
     assert (info.min - q.zero_point) * q.scale < -0.99 and (info.max - q.zero_point) * q.scale > 0.99
     assert [o.dtype for o in result["io"].outputs] == ["float32", "float32"]
     # The same quantized graph as the float-input artifact: the same agreement with PyTorch.
-    reference = Manifest.load(artifact(out, variant, "int8")).parity
+    reference = variants[variant, "tensor-input"]["parity"]
     for figure in ("cls_cosine", "box_cosine", "top100_agreement"):
         assert result["parity"][figure] == pytest.approx(reference[figure], abs=2e-4)
 
@@ -260,7 +264,7 @@ def test_int8_outputs(exported, variants, variant):
     assert io.input.dtype == "int8"
     for spec in io.outputs:
         assert spec.dtype == "int8" and spec.quantization is not None and spec.quantization.scale > 0
-    reference = Manifest.load(artifact(out, variant, "int8")).parity
+    reference = variants[variant, "tensor-input"]["parity"]
     for figure in ("cls_cosine", "box_cosine", "cls_max_abs"):
         assert result["parity"][figure] == pytest.approx(reference[figure], rel=1e-3, abs=2e-4)
 
@@ -271,18 +275,18 @@ def test_runtime_runs_integer_io_artifact(exported, variants, tmp_path):
     from edgedet.detector import Artifact, Pipeline
 
     out, _, _ = exported
-    float_dir = artifact(out, "lite0", "int8")
-    float_manifest = Manifest.load(float_dir)
-    result = variants["lite0", "int8-io"]
-    int_dir = tmp_path / "lite0" / "tflite-int8"
-    int_dir.mkdir(parents=True)
-    shutil.copy(result["files"][0], int_dir / "model.tflite")
-    io = result["io"]
-    int_manifest = dataclasses.replace(float_manifest, input=io.input, outputs=io.outputs,
-                                       files={"model.tflite": sha256_file(int_dir / "model.tflite")},
-                                       float_layers=io.float_layers)
-    int_manifest.save(int_dir)
-    int_manifest = Manifest.load(int_dir)
+    frame_manifest = Manifest.load(artifact(out, "lite0", "int8"))
+    manifests = {}
+    for name in ("tensor-input", "int8-io"):  # the same graph with float and with integer I/O
+        directory = tmp_path / name / "lite0" / "tflite-int8"
+        directory.mkdir(parents=True)
+        shutil.copy(variants["lite0", name]["files"][0], directory / "model.tflite")
+        io = variants["lite0", name]["io"]
+        dataclasses.replace(frame_manifest, input=io.input, outputs=io.outputs, float_layers=io.float_layers,
+                            files={"model.tflite": sha256_file(directory / "model.tflite")}).save(directory)
+        manifests[name] = (directory, Manifest.load(directory))
+    float_dir, float_manifest = manifests["tensor-input"]
+    int_dir, int_manifest = manifests["int8-io"]
     assert int_manifest.input.quantization is not None and int_manifest.output("cls_logits").quantization
 
     frame = synthetic_frame(7, 3, size=(640, 480))

@@ -84,7 +84,9 @@ def test_round_trip(artifact):
     assert Manifest.load(directory / MANIFEST_NAME) == manifest  # the file itself works too
     assert loaded.to_json() == (directory / MANIFEST_NAME).read_text()
     data = saved_dict(directory)
-    assert list(data)[0] == "schema_version" and data["schema_version"] == SCHEMA_VERSION == 1
+    # tensor input: written as version 1, which every edgedet reads (SCHEMA_VERSION is the newest)
+    assert list(data)[0] == "schema_version" and data["schema_version"] == 1 and SCHEMA_VERSION == 2
+    assert "preprocessing" not in data["input"] and loaded.input.preprocessing == "runtime"
     assert data["input"]["shape"] == [1, 3, 320, 320]
     assert data["anchors"]["aspect_ratios"] == [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]
     assert data["calibration"] is None and data["input"]["quantization"] is None
@@ -180,14 +182,17 @@ def mutate(data: dict, path: str, value=..., delete: bool = False) -> dict:
 
 
 @pytest.mark.parametrize("path, value, delete, expected", [
-    ("schema_version", 2, False, r"'schema_version' is 2, .*upgrade edgedet"),
+    ("schema_version", 3, False, r"'schema_version' is 3, .*upgrade edgedet"),
+    ("schema_version", 2, False, r"'input.preprocessing' is missing"),
+    ("input.preprocessing", "model", False, r"'input.preprocessing' is 'model' in a version 1 manifest"),
     ("schema_version", "1", False, r"'schema_version' must be an integer"),
     ("backend", None, True, r"'backend' is missing"),
     ("backend", "tensorrt", False, r"'backend' must be one of onnxruntime, openvino, tflite, torch, got 'tensorrt'"),
     ("precision", "int4", False, r"'precision' must be one of fp32, fp16, int8"),
     ("input.layout", "nchw", False, r"'input.layout' must be one of NCHW, NHWC"),
     ("input.dtype", "float64", False, r"'input.dtype' must be one of"),
-    ("input.color", "BGR", False, r"'input.color' must be one of RGB"),
+    ("input.color", "BGR", False, r"'input.color' is 'BGR', but the runtime's preprocessing makes RGB"),
+    ("input.color", "YUV", False, r"'input.color' must be one of RGB, BGR"),
     ("input.normalization.mean", [1, 2], False, r"'input.normalization.mean' must hold 3 numbers"),
     ("input.shape", [1, 3, 320], False, r"'input.shape' must be \[batch"),
     ("input.shape", [1, 3, 320, 0], False, r"'input.shape' must be a non-empty list of positive"),
@@ -220,6 +225,59 @@ def test_validation_errors(artifact, path, value, delete, expected):
         Manifest.load(directory)
     assert str(directory / MANIFEST_NAME) in str(info.value)  # says which file
     assert isinstance(info.value, ValueError)
+
+
+def frame_manifest(directory: Path) -> Manifest:
+    """A valid manifest of an artifact that takes the uint8 frame canvas (preprocessing "model")."""
+    m = make_manifest(directory)
+    size = m.image_size
+    return dataclasses.replace(m, schema_version=None, input=InputSpec(
+        name="images", shape=(1, size, size, 3), layout="NHWC", dtype="uint8", normalization=m.input.normalization,
+        color="BGR", quantization=None, preprocessing="model"))
+
+
+def test_frame_input_round_trip_is_version_2(tmp_path):
+    m = frame_manifest(tmp_path)
+    assert m.schema_version == 2 and m.input.takes_frames and m.input.image_size == 320
+    m.save(tmp_path)
+    data = saved_dict(tmp_path)
+    assert data["schema_version"] == 2 and data["input"]["preprocessing"] == "model"
+    assert data["input"]["color"] == "BGR" and data["input"]["normalization"]["std"] == [128.0, 128.0, 128.0]
+    assert Manifest.load(tmp_path) == m
+
+
+def test_an_older_reader_refuses_frame_input(tmp_path, monkeypatch):
+    """An edgedet that reads only version 1 refuses a frame-input manifest and says to upgrade,
+    rather than feeding the artifact a normalized tensor; tensor-input manifests it still reads."""
+    import edgedet.manifest as manifest_module
+
+    frame_manifest(tmp_path / "frame").save(tmp_path / "frame")
+    make_manifest(tmp_path / "tensor").save(tmp_path / "tensor")
+    monkeypatch.setattr(manifest_module, "SUPPORTED_SCHEMA_VERSIONS", (1,))
+    with pytest.raises(ManifestError, match=r"'schema_version' is 2, but this edgedet reads only version 1; "
+                                            r"upgrade edgedet"):
+        Manifest.load(tmp_path / "frame")
+    assert Manifest.load(tmp_path / "tensor").input.preprocessing == "runtime"
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    ("input.preprocessing", "gpu", r"'input.preprocessing' must be one of runtime, model, got 'gpu'"),
+    ("input.preprocessing", None, r"'input.preprocessing' must not be null"),
+    ("input.dtype", "float32", r"'input' takes the frame canvas .* must be NHWC uint8 without quantization"),
+    ("input.quantization", {"scale": 0.5, "zero_point": 0}, r"must be NHWC uint8 without quantization, got NHWC "
+                                                            r"uint8 with quantization"),
+    ("input.layout", "NCHW", r"'input.shape' has 320 channels|must be NHWC"),
+])
+def test_malformed_frame_input_is_refused(tmp_path, path, value, expected):
+    frame_manifest(tmp_path).save(tmp_path)
+    write_dict(tmp_path, mutate(saved_dict(tmp_path), path, value))
+    with pytest.raises(ManifestError, match=expected):
+        Manifest.load(tmp_path)
+
+
+def test_constructing_frame_input_at_version_1_is_refused(tmp_path):
+    with pytest.raises(ManifestError, match="needs version 2"):
+        dataclasses.replace(frame_manifest(tmp_path), schema_version=1)
 
 
 def test_unknown_extra_fields_are_ignored(artifact):

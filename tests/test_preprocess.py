@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 
 from edgedet.config import IMAGENET, LITE
+from edgedet.manifest import InputSpec, NormalizationSpec, Quantization
 from edgedet.preprocess import (
     MAX_FRAME_PIXELS,
     InputError,
     Letterbox,
+    canvas_batch,
     letterbox,
+    normalization_affine,
+    prepare,
     preprocess,
     validate_frame,
 )
@@ -226,3 +230,67 @@ def test_resize_interpolation_is_area_when_shrinking():
     canvas, _ = letterbox(frame, 256)
     assert np.abs(canvas.astype(int) - 127.5).max() <= 1
     np.testing.assert_array_equal(canvas, cv2.resize(frame, (256, 256), interpolation=cv2.INTER_AREA))
+
+
+# --- the frame canvas, and prepare() for every kind of artifact input -----------------------------
+
+NORM = NormalizationSpec.from_config(IMAGENET)
+
+
+def spec(**kwargs) -> InputSpec:
+    base = dict(name="images", shape=(1, 3, 320, 320), layout="NCHW", dtype="float32", normalization=NORM)
+    return InputSpec(**{**base, **kwargs})
+
+
+def test_canvas_batch_is_the_letterbox_preprocess_normalizes():
+    """The uint8 canvas of a frame-input artifact is the letterbox preprocess() starts from:
+    normalizing it (BGR -> RGB, (x - mean) / std, NCHW) gives preprocess()'s tensor."""
+    frames = [frame_of(720, 1280, 1), frame_of(300, 200, 2)]
+    canvas, infos = canvas_batch(frames, 320, MEAN)
+    assert canvas.shape == (2, 320, 320, 3) and canvas.dtype == np.uint8 and canvas.flags.c_contiguous
+    want, want_infos = preprocess(frames, 320, MEAN, STD)
+    assert infos == want_infos
+    got = (canvas[..., ::-1].astype(np.float64) - np.asarray(MEAN)) / np.asarray(STD)
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5)
+    # Padded with the mean colour, in the canvas's (BGR) order.
+    np.testing.assert_array_equal(canvas[0, 300:], np.broadcast_to(np.rint(MEAN)[::-1], (20, 320, 3)))
+
+
+def test_canvas_colour_orders():
+    bgr = frame_of(240, 320)
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    as_bgr, _ = canvas_batch(bgr, 128, MEAN)
+    np.testing.assert_array_equal(canvas_batch(rgb, 128, MEAN, rgb=True)[0], as_bgr)  # RGB frames swapped
+    as_rgb, _ = canvas_batch(bgr, 128, MEAN, color="RGB")
+    np.testing.assert_array_equal(as_rgb, as_bgr[..., ::-1])
+    np.testing.assert_array_equal(canvas_batch(rgb, 128, MEAN, color="RGB", rgb=True)[0], as_rgb)
+    with pytest.raises(ValueError, match="color must be 'BGR' or 'RGB'"):
+        canvas_batch(bgr, 128, MEAN, color="YUV")
+    with pytest.raises(InputError, match="grayscale"):
+        canvas_batch(np.zeros((48, 64), np.uint8), 128, MEAN)
+    with pytest.raises(InputError, match="no frames"):
+        canvas_batch([], 128, MEAN)
+
+
+def test_prepare_follows_the_input_spec():
+    frame = frame_of(480, 640, seed=4)
+    tensor, _ = preprocess(frame, 320, MEAN, STD)
+    np.testing.assert_array_equal(prepare(frame, spec())[0], tensor)
+    nhwc16, _ = prepare(frame, spec(shape=(1, 320, 320, 3), layout="NHWC", dtype="float16"))
+    assert nhwc16.dtype == np.float16 and nhwc16.shape == (1, 320, 320, 3)
+    q = Quantization(scale=0.03, zero_point=3)  # covers the normalized range (-2.1..2.7)
+    quantized, _ = prepare(frame, spec(shape=(1, 320, 320, 3), layout="NHWC", dtype="int8", quantization=q))
+    assert quantized.dtype == np.int8
+    np.testing.assert_allclose((quantized.astype(np.float32) - 3) * 0.03, tensor.transpose(0, 2, 3, 1), atol=0.016)
+    frames = spec(shape=(1, 320, 320, 3), layout="NHWC", dtype="uint8", color="BGR", preprocessing="model")
+    canvas, (info,) = prepare(frame, frames)
+    np.testing.assert_array_equal(canvas, canvas_batch(frame, 320, MEAN)[0])
+    assert info.scale == 0.5
+
+
+def test_normalization_affine_is_what_preprocess_applies():
+    scale, shift = normalization_affine(MEAN, STD)
+    assert scale.dtype == shift.dtype == np.float32
+    np.testing.assert_allclose(100 * scale + shift, (100 - np.asarray(MEAN)) / STD, rtol=1e-6)
+    with pytest.raises(ValueError, match="std != 0"):
+        normalization_affine(MEAN, (1, 0, 1))

@@ -70,7 +70,10 @@ class OpenVinoBackend(Backend):
         return [self._spec(p) for p in self.compiled.outputs]
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        results = self.request.infer({0: batch})
+        # share_inputs: the request reads the caller's array in place (a shared-memory Tensor, no
+        # copy) when its dtype and layout are the input's, as the pipeline prepares them; the
+        # array is only read, and only during this call.
+        results = self.request.infer({0: batch}, share_inputs=True)
         # Copy: the request reuses its output buffers on the next call.
         return {port.get_any_name(): np.array(value, copy=True) for port, value in results.items()}
 
