@@ -88,12 +88,33 @@ def letterbox(frame: np.ndarray, size: int, out: np.ndarray | None = None,
         out = np.empty((size, size, 3), dtype=np.uint8)
     out[new_h:] = fill
     out[:new_h, new_w:] = fill
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     if (new_h, new_w) == (h, w):
         out[:h, :w] = frame
+    elif scale < 1:
+        shrink(frame, out[:new_h, :new_w])
     else:
-        cv2.resize(frame, (new_w, new_h), dst=out[:new_h, :new_w], interpolation=interpolation)
+        cv2.resize(frame, (new_w, new_h), dst=out[:new_h, :new_w], interpolation=cv2.INTER_LINEAR)
     return out, Letterbox(scale, h, w)
+
+
+def shrink(frame: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Shrink ``frame`` into ``dst`` (a smaller H×W×3 uint8 view): INTER_AREA by the largest whole
+    factor k ≤ the shrink factor (OpenCV's fast path for whole factors averages k×k blocks), then
+    INTER_LINEAR by the remaining factor, below 2, where bilinear still sees every pixel.
+
+    INTER_AREA alone takes a slow general path for fractional factors (1280×720 to 512 wide is
+    2.5); bilinear alone skips pixels, i.e. aliases, for factors of 2 and more. Chosen by
+    ``benchmarks/resize.py`` (time, parity with INTER_AREA, mAP)."""
+    h, w = dst.shape[:2]
+    k = min(frame.shape[0] // h, frame.shape[1] // w)
+    if k >= 2:
+        if frame.shape[0] == k * h and frame.shape[1] == k * w:
+            return cv2.resize(frame, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
+        frame = cv2.resize(frame, (frame.shape[1] // k, frame.shape[0] // k), interpolation=cv2.INTER_AREA)
+        if frame.shape[:2] == (h, w):
+            dst[...] = frame
+            return dst
+    return cv2.resize(frame, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR)
 
 
 def normalization_affine(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -232,6 +232,19 @@ def test_resize_interpolation_is_area_when_shrinking():
     np.testing.assert_array_equal(canvas, cv2.resize(frame, (256, 256), interpolation=cv2.INTER_AREA))
 
 
+def test_fractional_shrink_still_averages():
+    """1280x720 into 512 (factor 2.5): INTER_AREA by 2 (its fast path), then bilinear by 1.25, so a
+    fine checkerboard still becomes flat grey; bilinear alone would sample it into stripes."""
+    checker = (np.indices((720, 1280)).sum(0) % 2 * 255).astype(np.uint8)
+    frame = np.repeat(checker[..., None], 3, axis=2)
+    canvas, box = letterbox(frame, 512)
+    assert box.scale == pytest.approx(0.4)
+    image = canvas[:288].astype(int)
+    assert np.abs(image - 127.5).max() <= 2, np.abs(image - 127.5).max()
+    aliased = cv2.resize(frame, (512, 288), interpolation=cv2.INTER_LINEAR).astype(int)
+    assert np.abs(aliased - 127.5).max() > 20  # stripes of 96 and 159: what the two-step shrink avoids
+
+
 # --- the frame canvas, and prepare() for every kind of artifact input -----------------------------
 
 NORM = NormalizationSpec.from_config(IMAGENET)
