@@ -5,7 +5,7 @@
     python benchmarks/resize.py --weights ~/.cache/edgedet/reference/lite0/best.pth   # + mAP, trained lite0
 
 The runtime's letterbox (:func:`edgedet.preprocess.letterbox`) shrinks a camera frame with
-:func:`edgedet.preprocess.shrink` (``area_linear`` here: ``cv2.INTER_AREA`` by the largest whole
+:func:`edgedet.preprocess.shrink` (``area_linear`` here: ``cv2.INTER_AREA`` by a whole
 factor, then ``INTER_LINEAR``). This script measures it and the alternatives on the same frames, at
 the same fitted size (the letterbox's own scale and rounding), against plain ``INTER_AREA``, the
 reference of quality:
@@ -81,7 +81,7 @@ def resize_into(frame: np.ndarray, dst: np.ndarray, method: str) -> np.ndarray:
 
     ``pyrdown_linear``: ``cv2.pyrDown`` (a 5×5 Gaussian, then every second pixel) while the result
     stays at least twice the target on both sides, then ``INTER_LINEAR`` to the target.
-    ``area_linear``: :func:`edgedet.preprocess.shrink` (INTER_AREA by the largest whole factor, its
+    ``area_linear``: :func:`edgedet.preprocess.shrink` (INTER_AREA by a whole factor, its
     fast path, then INTER_LINEAR by less than 2)."""
     h, w = dst.shape[:2]
     if method == "area_linear":

@@ -98,23 +98,29 @@ def letterbox(frame: np.ndarray, size: int, out: np.ndarray | None = None,
 
 
 def shrink(frame: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Shrink ``frame`` into ``dst`` (a smaller H×W×3 uint8 view): INTER_AREA by the largest whole
-    factor k ≤ the shrink factor (OpenCV's fast path for whole factors averages k×k blocks), then
-    INTER_LINEAR by the remaining factor, below 2, where bilinear still sees every pixel.
+    """Shrink ``frame`` into ``dst`` (a smaller H×W×3 uint8 view): INTER_AREA by the smallest whole
+    factor k that divides the frame's sides and leaves less than 2 (OpenCV's fast path for whole
+    factors averages k×k blocks), then INTER_LINEAR by the rest, where bilinear still sees every
+    pixel. A whole overall factor is INTER_AREA alone.
 
     INTER_AREA alone takes a slow general path for fractional factors (1280×720 to 512 wide is
     2.5); bilinear alone skips pixels, i.e. aliases, for factors of 2 and more. Chosen by
     ``benchmarks/resize.py`` (time, parity with INTER_AREA, mAP)."""
     h, w = dst.shape[:2]
-    k = min(frame.shape[0] // h, frame.shape[1] // w)
-    if k >= 2:
-        if frame.shape[0] == k * h and frame.shape[1] == k * w:
-            return cv2.resize(frame, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
-        frame = cv2.resize(frame, (frame.shape[1] // k, frame.shape[0] // k), interpolation=cv2.INTER_AREA)
-        if frame.shape[:2] == (h, w):
-            dst[...] = frame
-            return dst
-    return cv2.resize(frame, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR)
+    fh, fw = frame.shape[:2]
+    if fh == 2 * h and fw == 2 * w or fh < 2 * h or fw < 2 * w:  # whole factor 2, or under 2
+        interpolation = cv2.INTER_AREA if fh >= 2 * h else cv2.INTER_LINEAR
+        return cv2.resize(frame, (w, h), dst=dst, interpolation=interpolation)
+    if fh % h == 0 and fw % w == 0 and fh // h == fw // w:  # a whole factor: INTER_AREA's fast path
+        return cv2.resize(frame, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
+    # The smallest whole factor k that divides both sides (so INTER_AREA stays on its fast path,
+    # fastest at 2) and leaves bilinear less than 2 to go; none (odd sizes): the general path.
+    factor = min(fh / h, fw / w)
+    for k in range(2, int(factor) + 1):
+        if fh % k == 0 and fw % k == 0 and factor / k < 2:
+            small = cv2.resize(frame, (fw // k, fh // k), interpolation=cv2.INTER_AREA)
+            return cv2.resize(small, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(frame, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
 
 
 def normalization_affine(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -24,36 +24,15 @@ import cv2
 import numpy as np
 import pytest
 
-from edgedet.data.synthetic import SyntheticConfig, render
 from edgedet.detector import Detector
 from edgedet.loopmeter import MeteredDetector
 from edgedet.video import SourceError, VideoCaptureSource, open_source, run_loop
 from edgedet.video.pipelined import CallStages, DetectorStages, stages_for
 
-WIDTH, HEIGHT, FRAMES, FPS = 320, 240, 40, 20.0
-FAST = dict(backoff_initial=0.05, backoff_max=0.4, max_failures=3)  # reconnect quickly in tests
+from video_clip import FAST, FRAMES, clip, detector  # noqa: F401  (fixtures)
+
 HANG_S = 120  # a run that has not ended by then is hung (a normal one takes seconds)
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "raspberrypi" / "camera_loop.py"
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    """40 frames, 320x240, 20 fps, MJPG .avi of synthetic scenes."""
-    path = tmp_path_factory.mktemp("video") / "scenes.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (WIDTH, HEIGHT))
-    assert writer.isOpened()
-    config = SyntheticConfig(image_size=(WIDTH, HEIGHT), max_objects=6)
-    for i in range(FRAMES):
-        writer.write(render(i, config)[0])
-    writer.release()
-    return path
-
-
-@pytest.fixture(scope="module")
-def detector(onnx_exports) -> Detector:
-    exports, _ = onnx_exports
-    # One thread: on a shared 2-vCPU machine the stage threads need the other core.
-    return Detector(variant="lite0", precision="int8", models=exports, profile_cache=False, threads=1)
 
 
 def read_jsonl(path: Path) -> list[dict]:
