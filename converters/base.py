@@ -101,6 +101,13 @@ class Exporter(ABC):
         speed only (threads) stay out."""
         return {}
 
+    def note(self, config: ModelConfig, precision: str) -> str | None:
+        """A plain-words remark on this artifact for the manifest's ``options["note"]`` (the
+        Detector's profile and the benchmark show it), e.g. where a precision cannot pay on this
+        backend for this architecture; None for none. Not part of the export key: it says what the
+        files are, it does not shape them."""
+        return None
+
     def check_request(self, precision: str, calibration: Calibration | None) -> None:
         """:class:`ConvertError` unless this exporter makes ``precision`` and has the calibration
         it needs (the pipeline asks only for such; this guards direct calls of :meth:`export`)."""

@@ -79,8 +79,8 @@ MODEL_FILE = "model.onnx"
 FLOAT_LAYERS_KEY = "edgedet.float_layers"
 REPORT_KEY = "edgedet.accuracy_aware"
 
-#: The manifest's ``options["note"]`` of every INT8 artifact (the Detector's profile shows it):
-#: where INT8 cannot pay on onnxruntime's CPU provider (measurements: docs/TOOLCHAIN.md).
+#: The manifest's ``options["note"]`` of a swish variant's INT8 artifact (the Detector's profile
+#: shows it): where INT8 cannot pay on onnxruntime's CPU provider (measurements: docs/TOOLCHAIN.md).
 INT8_NOTE = ("onnxruntime CPU runs each quantized swish as two integer passes (QLinearSigmoid + QLinearMul, "
              "no fused kernel): swish variants (D0-D7) gain little over FP32 here")
 
@@ -127,11 +127,12 @@ class OnnxExporter(Exporter):
         self.last_int8: int8.Int8Report | None = None
 
     def options(self, precision: str) -> dict[str, str]:
-        """The input (frame or tensor), and for INT8 full or accuracy-aware with the target and
-        :data:`INT8_NOTE`."""
-        if precision != "int8":
-            return {"input": self.input_kind}
-        return {"input": self.input_kind, **int8.int8_options(self.accuracy_target), "note": INT8_NOTE}
+        """The input (frame or tensor), and for INT8 full or accuracy-aware with the target."""
+        return {"input": self.input_kind, **(int8.int8_options(self.accuracy_target) if precision == "int8" else {})}
+
+    def note(self, config: ModelConfig, precision: str) -> str | None:
+        """:data:`INT8_NOTE` for the INT8 artifacts of swish variants (the D-series; Lite uses ReLU6)."""
+        return INT8_NOTE if precision == "int8" and config.activation == "swish" else None
 
     def _front(self, model: onnx.ModelProto, config: ModelConfig) -> onnx.ModelProto:
         """``model`` with the frame front end in front of it when the artifact takes frames."""

@@ -769,6 +769,12 @@ def _build(job: _Job, model: Any, reference: Reference, plan: _Plan, thresholds)
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _options_with_note(exporter: Exporter, config: Any, precision: str) -> dict[str, str]:
+    """The exporter's options for the manifest, with its note on this artifact if it has one."""
+    note = exporter.note(config, precision)
+    return {**exporter.options(precision), **({"note": note} if note else {})}
+
+
 def _publish_made(job: _Job, made: _Made, staging: Path, plan: _Plan, config: Any, started: float) -> ArtifactResult:
     """Write the manifest of ``made`` beside its files in ``staging``, check that it reads back and
     verifies, and publish the directory atomically (as ``*.failed`` if parity failed)."""
@@ -782,7 +788,7 @@ def _publish_made(job: _Job, made: _Made, staging: Path, plan: _Plan, config: An
         weights=WeightsInfo(source=weights.source, sha256=weights.sha256, random=weights.random),
         calibration=plan.calibration.info if job.calibrated and plan.calibration else None,
         float_layers=made.io.float_layers, parity=made.parity,
-        tools=exporter.tool_versions(), options=exporter.options(job.precision),
+        tools=exporter.tool_versions(), options=_options_with_note(exporter, config, job.precision),
         created=utc_now(), export_key=job.key,
     )
     manifest.save(staging)

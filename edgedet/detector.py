@@ -446,7 +446,8 @@ class Detector:
         chosen = min(candidates, key=preference)
         self.profile.append(ProfileRow(chosen.name, chosen.manifest.variant, chosen.manifest.phi,
                                        chosen.manifest.backend, chosen.manifest.precision, None, None,
-                                       "chosen by preference (no budget)", chosen.manifest.options.get("note", "")))
+                                       "chosen by preference (no budget)", image_size=chosen.manifest.image_size,
+                                       note=chosen.manifest.options.get("note", "")))
         return chosen
 
     def _load(self, artifact: Artifact) -> Pipeline:
@@ -507,7 +508,7 @@ class Detector:
     def _row(self, a: Artifact, latency: float | None, fits: bool | None, source: str) -> None:
         m = a.manifest
         self.profile.append(ProfileRow(a.name, m.variant, m.phi, m.backend, m.precision, latency, fits, source,
-                                       m.image_size, m.options.get("note", "")))
+                                       image_size=m.image_size, note=m.options.get("note", "")))
 
     def _time_all(self, artifacts: list[Artifact], budget: float, hopeless: dict[str, str],
                   over: list[Artifact]) -> list[tuple[float, Artifact, Pipeline | None]]:

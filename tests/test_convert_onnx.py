@@ -137,7 +137,9 @@ def test_manifest_describes_the_artifact(exported, variant, precision):
         assert manifest.calibration.source == "synthetic:0"
         ops = {node.op_type for node in model.graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-        assert manifest.options == {"input": "frame", "int8_mode": "full", "note": INT8_NOTE}
+        # The swish note only where there is swish: the D-series, not Lite (ReLU6).
+        note = {"note": INT8_NOTE} if variant == "d0" else {}
+        assert manifest.options == {"input": "frame", "int8_mode": "full", **note}
         assert manifest.float_layers == ()  # fully quantized: every compute node INT8 (the front end is input)
         assert recorded(model) == ((), None)  # no accuracy-aware search ran
     else:
@@ -524,8 +526,12 @@ def test_options_are_part_of_the_export_key(exported):
         assert planned(precision, OnnxExporter(accuracy_aware=False)) == planned(precision, OnnxExporter()) \
             == Manifest.load(artifact(out, "d0", precision)).export_key
     assert OnnxExporter().options("int8") == {"input": "frame", "int8_mode": "accuracy-aware",
-                                              "accuracy_target": AccuracyTarget().describe(), "note": INT8_NOTE}
-    assert OnnxExporter(accuracy_aware=False).options("int8") == {"input": "frame", "int8_mode": "full", "note": INT8_NOTE}
+                                              "accuracy_target": AccuracyTarget().describe()}
+    assert OnnxExporter(accuracy_aware=False).options("int8") == {"input": "frame", "int8_mode": "full"}
+    from edgedet.config import get_config
+
+    assert OnnxExporter().note(get_config("d0"), "int8") == INT8_NOTE
+    assert OnnxExporter().note(get_config("lite0"), "int8") is None and OnnxExporter().note(get_config("d0"), "fp32") is None
     assert OnnxExporter().options("fp16") == {"input": "frame"}
     assert OnnxExporter(input_kind="tensor").options("fp16") == {"input": "tensor"}
 
