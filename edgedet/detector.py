@@ -691,12 +691,12 @@ class Detector:
         self._warm[chosen.name] = ready
         log.info("edgedet: adaptive serving over %s", ", ".join(f"{r.name} ({r.profiled_ms:.1f} ms)"
                                                                  for r in policy.ladder))
-        # The first neighbours load here, before the first frame: loaded in the background they
-        # would share the cores with the first served calls and make them late.
+        # The neighbours profiling left loaded are warm already; the others load in the background
+        # (a cached start stays fast), and the calls made meanwhile are not observed.
         with self._lock:
-            self._prewarm_neighbours(background=False)
+            self._prewarm_neighbours()
 
-    def _prewarm_neighbours(self, background: bool = True) -> None:
+    def _prewarm_neighbours(self) -> None:
         """Keep the serving artifact and its two neighbours loaded; drop the rest. Holds the lock."""
         assert self._policy is not None and self._executor is not None
         # In order of need: the serving one, then the step down (a slowdown needs it soonest), then up.
@@ -704,13 +704,12 @@ class Detector:
                                   + [r.name for r in self._policy.neighbours()]))
         for name in keep:
             if name not in self._warm:
-                self._warm[name] = self._warm_pipeline(name, background=background)
+                self._warm[name] = self._warm_pipeline(name)
         for name in set(self._warm) - set(keep):
             self._warm.pop(name).cancel()
 
-    def _warm_pipeline(self, name: str, background: bool = True) -> Future:
-        """A loaded, warmed pipeline: the one profiling left loaded, else loaded (in the background
-        unless ``background`` is false)."""
+    def _warm_pipeline(self, name: str) -> Future:
+        """A loaded, warmed pipeline: the one profiling left loaded, else loaded in the background."""
         pipeline = self._measured_pipelines.get(name)
         if pipeline is not None:
             done: Future = Future()
@@ -730,10 +729,6 @@ class Detector:
             log.debug("edgedet: %s loaded and warm (%d threads)", name, loaded.backend.threads)
             return loaded
 
-        if not background:
-            done = Future()
-            done.set_result(load())
-            return done
         return self._executor.submit(load)  # type: ignore[union-attr]
 
     def _observe(self, artifact: Artifact, latency_ms: float) -> None:
