@@ -227,6 +227,7 @@ def run_detector(kind: str, budget: float, models: Path, frame: np.ndarray, sche
     detector = Detector(budget, models=models, adapt=(kind == "adaptive"), on_switch=on_switch,
                         on_miss="smallest", profile_cache=profile_cache, **options)
     try:
+        detector.wait_ready(timeout=120)  # the schedule starts from the steady state
         run = RunReport(budget, kind, detector.artifact.name)
         origin_holder["origin"] = time.perf_counter()
         run.frames, run.bounds, run.applied_quota = serve_schedule(detector, frame, schedule, seconds, quota)

@@ -33,6 +33,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, NamedTuple, Sequence
@@ -265,6 +266,9 @@ class Detector:
         self.reloads: list[Reload] = []
         self._cores_checked = -float("inf")
         self._reloading_to: int | None = None  # the thread count a pending reload loads with
+        # What later loads run with: ``threads``, or once the usable cores were seen to change, the
+        # count the serving thread read (not re-read on the loader thread).
+        self._load_threads: int | None = threads
         self._on_switch = on_switch
         self._lock = threading.Lock()
         self._policy: AdaptivePolicy | None = None
@@ -390,6 +394,15 @@ class Detector:
             start += count
         return results
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the artifacts adaptive serving keeps warm are loaded (they load in the
+        background after the start, a switch or a reload); True when they are, False on timeout.
+        Serving never needs this (calls made meanwhile are served, just not observed); a benchmark
+        or a test that wants the steady state does."""
+        with self._lock:
+            futures = list(self._warm.values())
+        return not wait_futures(futures, timeout=timeout).not_done
+
     def close(self) -> None:
         """Stop adapting and release the background loader and the warm neighbours."""
         with self._lock:
@@ -457,7 +470,7 @@ class Detector:
             options["device"] = self.device.upper() if artifact.manifest.backend == "openvino" else self.device
         if artifact.manifest.backend == "openvino" and artifact.manifest.precision == "fp32":
             options["inference_precision"] = "f32"  # as verified at export; bf16 would be a silent change
-        backend = load_backend(artifact.manifest.backend, artifact.model_path, threads=self.threads, **options)
+        backend = load_backend(artifact.manifest.backend, artifact.model_path, threads=self._load_threads, **options)
         return Pipeline(artifact, backend, **self._post)
 
     def _frame(self) -> np.ndarray:
@@ -766,7 +779,7 @@ class Detector:
             for name in list(self._warm):
                 self._warm.pop(name).cancel()
             reload = Reload(now, artifact.name, pipeline.backend.threads, cores)
-            self._reloading_to = cores
+            self._reloading_to = self._load_threads = cores
             future = self._warm_pipeline(artifact.name)
             self._warm[artifact.name] = future
             self._prewarm_neighbours()  # queued behind the served artifact, at the new count

@@ -93,6 +93,7 @@ def test_concurrent_callers_across_a_switch(models, tmp_path):
     for name in ("lite0/onnxruntime-int8", "d0/onnxruntime-fp32"):
         variant, precision = name.split("/")[0], name.split("-")[-1]
         reference[name] = Detector(variant=variant, precision=precision, models=models, profile_cache=False)(frame(2))
+    assert det.wait_ready(timeout=120)  # calls made while the neighbours load are not observed
     results, errors = [], []
 
     def work() -> None:
@@ -217,8 +218,8 @@ def test_the_step_down_is_loaded_first(models, tmp_path):
         assert det.adaptive and det.artifact.name == "d0/onnxruntime-fp32"
         order = list(det._warm)
         assert order[:2] == ["d0/onnxruntime-fp32", "d0/onnxruntime-int8"]  # served, then one step down
-        for future in list(det._warm.values()):
-            assert future.result(timeout=120).backend is not None
+        assert det.wait_ready(timeout=120)
+        assert all(future.result().backend.threads >= 1 for future in det._warm.values())
     finally:
         det.close()
 
