@@ -74,7 +74,8 @@ def test_each_size_is_its_own_artifact_named_when_not_native(sized):
             directory = artifact_dir(out, "lite0", "onnxruntime", precision, size)
             m = Manifest.load(directory)
             # the shapes, the anchors and the name all follow the size
-            assert m.input.shape == (1, 3, size, size) and m.anchors.image_size == size == m.image_size
+            assert m.input.image_size == size and m.anchors.image_size == size == m.image_size
+            assert m.input.shape == ((1, size, size, 3) if m.input.layout == "NHWC" else (1, 3, size, size))
             assert m.output("cls_logits").shape == (1, config.num_anchors(size), 90)
             assert m.artifact_name == f"lite0/{directory.name}"
             assert m.parity["passed"] is True  # verified against PyTorch at that size
