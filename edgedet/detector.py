@@ -645,7 +645,9 @@ class Detector:
             nonlocal best
             measured_all.extend(measured)
             for latency, a, pipeline in measured:
-                if latency <= budget and (best is None or self._ranks[a.name] > best[0]):
+                # The most accurate within budget; of equally ranked ones (one artifact on two
+                # runtimes), the fastest: the adaptive ladder drops a slower twin as dominated.
+                if latency <= budget and (best is None or (self._ranks[a.name], -latency) > (best[0], -best[1])):
                     best = (self._ranks[a.name], latency, a, pipeline)
 
         groups: dict[tuple[int, int, str], list[Artifact]] = {}
